@@ -1,0 +1,66 @@
+"""Pinhole camera of paper section 3.2: position, look-at point, up vector and focal length.
+
+The camera frame follows OpenCV (x right, y down, z forward) so that projection lands directly
+in image pixels with y down (see docs/conventions.md). ``focal`` is the focal length divided by
+the image width, which keeps the parameter independent of the render resolution: the same
+camera renders the 224 px fitting image and the full-size preview.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_EPS = 1e-9
+
+
+def _normalize(v: Tensor) -> Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A batch of pinhole cameras; every field is batch-first."""
+
+    position: Tensor  # (B, 3) world position of the centre of projection
+    look_at: Tensor  # (B, 3) point the optical axis passes through
+    up: Tensor  # (B, 3) world up direction (need not be orthogonal to the axis)
+    focal: Tensor  # (B,) focal length / image width
+
+    @property
+    def batch_size(self) -> int:
+        return self.position.shape[0]
+
+    def rotation(self) -> Tensor:
+        """World-to-camera rotation (B, 3, 3); rows are the camera's right, down, forward axes."""
+        forward = _normalize(self.look_at - self.position)
+        right = _normalize(torch.linalg.cross(forward, self.up, dim=-1))
+        down = torch.linalg.cross(forward, right, dim=-1)
+        return torch.stack([right, down, forward], dim=-2)
+
+    def world_to_camera(self, points: Tensor) -> Tensor:
+        """Points (B, N, 3) in world space to the camera frame (x right, y down, z forward)."""
+        rot = self.rotation()
+        return torch.einsum("bij,bnj->bni", rot, points - self.position[:, None, :])
+
+    def project(self, points: Tensor, width: int, height: int) -> Tensor:
+        """Project world points (B, N, 3) to (B, N, 3): pixel x, pixel y, depth along the axis.
+
+        Pixel coordinates put the image's top-left corner at (0, 0), so pixel (i, j) has its
+        centre at (j + 0.5, i + 0.5).
+        """
+        cam = self.world_to_camera(points)
+        z = cam[..., 2]
+        f_px = (self.focal * width)[:, None]
+        safe_z = torch.where(z.abs() < _EPS, torch.full_like(z, _EPS), z)
+        x = f_px * cam[..., 0] / safe_z + 0.5 * width
+        y = f_px * cam[..., 1] / safe_z + 0.5 * height
+        return torch.stack([x, y, z], dim=-1)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Camera":
+        return Camera(*(t.to(device=device, dtype=dtype) for t in (self.position, self.look_at, self.up, self.focal)))
+
+    def detach(self) -> "Camera":
+        return Camera(self.position.detach(), self.look_at.detach(), self.up.detach(), self.focal.detach())
