@@ -1,0 +1,325 @@
+"""Export a reconstruction as binary glTF 2.0 (.glb), written by hand with json + struct.
+
+Why by hand: the format is small, and a dependency (pygltflib, trimesh) would have to travel
+into the Blender extension. What goes in:
+
+- one mesh whose base shape is the *neutral* head, with one morph target per expression and
+  ``mesh.weights`` = the fitted weights, so viewers show the fitted face and artists get
+  sliders (``mesh.extras.targetNames``, the convention Blender and three.js read);
+- smooth vertex normals (and their per-target deltas, as Blender's own exporter writes);
+- a metallic 0 / roughness 0.6 PBR material with the UV texture embedded as PNG;
+- the fitted camera as a perspective camera node, and the point light through
+  ``KHR_lights_punctual`` (glTF lights fall off with distance and ours does not, so the light is
+  approximate; the exact values ride along in ``extras``, and ambient in the scene's extras).
+
+glTF wants one index per vertex while the model has separate position and UV indices, so
+vertices are split where a position carries several UVs (``split_uv_seams``); morph deltas and
+normals are carried through the split, so the seams stay closed when the sliders move.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganfit import __version__ as ENGINE_VERSION
+from ganfit.errors import OutputError
+from ganfit.io.atomic import atomic_file
+from ganfit.io.result import RESULT_FORMAT, Reconstruction, encode_png
+
+__all__ = [
+    "export_glb",
+    "glb_document",
+    "split_uv_seams",
+    "vertex_normals",
+    "camera_matrix",
+    "ROUGHNESS",
+]
+
+log = logging.getLogger(__name__)
+
+ROUGHNESS = 0.6  # skin is neither glossy nor chalk; Phong-fitted albedo has no roughness of its own
+
+_GLB_MAGIC = 0x46546C67  # "glTF"
+_CHUNK_JSON = 0x4E4F534A
+_CHUNK_BIN = 0x004E4942
+_FLOAT, _UNSIGNED_SHORT, _UNSIGNED_INT = 5126, 5123, 5125
+_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+_LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
+
+
+def split_uv_seams(
+    faces: np.ndarray, uv_faces: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One output vertex per distinct (position, uv) corner pair.
+
+    Returns ``vertex_index`` (N,) into the positions, ``uv_index`` (N,) into the UVs, and the
+    re-indexed ``faces`` (F, 3). Output vertices are sorted by position index, so copies of a
+    seam vertex sit together; vertices no face uses are dropped.
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    uv_faces = np.asarray(uv_faces, dtype=np.int64)
+    n_uv = int(uv_faces.max()) + 1 if uv_faces.size else 1
+    keys = faces.reshape(-1) * n_uv + uv_faces.reshape(-1)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    return unique // n_uv, unique % n_uv, inverse.reshape(-1, 3)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Smooth, area-weighted unit vertex normals (float64); unused vertices get +z."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    corners = vertices[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], face_normals)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.where(length > 0, normals / np.where(length > 0, length, 1.0), [0.0, 0.0, 1.0])
+
+
+def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """4x4 camera-to-world matrix; the camera looks down its local -z with +y up (glTF, OpenGL)."""
+    position = np.asarray(position, dtype=np.float64)
+    forward = np.asarray(look_at, dtype=np.float64) - position
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, np.asarray(up, dtype=np.float64))
+    right /= np.linalg.norm(right)
+    true_up = np.cross(right, forward)
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2], matrix[:3, 3] = right, true_up, -forward, position
+    return matrix
+
+
+class _BinaryBuilder:
+    """Collects buffer views and accessors in one BIN chunk, each view 4-byte aligned."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.buffer_views: list[dict[str, Any]] = []
+        self.accessors: list[dict[str, Any]] = []
+
+    def view(self, payload: bytes, target: int | None = None) -> int:
+        self.data.extend(b"\0" * (-len(self.data) % 4))
+        view: dict[str, Any] = {
+            "buffer": 0,
+            "byteOffset": len(self.data),
+            "byteLength": len(payload),
+        }
+        if target is not None:
+            view["target"] = target
+        self.data.extend(payload)
+        self.buffer_views.append(view)
+        return len(self.buffer_views) - 1
+
+    def accessor(
+        self,
+        array: np.ndarray,
+        kind: str,
+        *,
+        target: int | None = _ARRAY_BUFFER,
+        bounds: bool = False,
+    ) -> int:
+        if array.dtype == np.float32:
+            component = _FLOAT
+        elif array.dtype == np.uint16:
+            component = _UNSIGNED_SHORT
+        elif array.dtype == np.uint32:
+            component = _UNSIGNED_INT
+        else:
+            raise TypeError(f"unsupported accessor dtype {array.dtype}")
+        array = np.ascontiguousarray(array)
+        accessor: dict[str, Any] = {
+            "bufferView": self.view(
+                array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(), target
+            ),
+            "componentType": component,
+            "count": int(array.shape[0]) if kind != "SCALAR" else int(array.size),
+            "type": kind,
+        }
+        if bounds:
+            flat = array.reshape(accessor["count"], -1)
+            accessor["min"] = [float(x) for x in flat.min(axis=0)]
+            accessor["max"] = [float(x) for x in flat.max(axis=0)]
+        self.accessors.append(accessor)
+        return len(self.accessors) - 1
+
+
+def _glb_bytes(document: dict[str, Any], binary: bytes) -> bytes:
+    json_chunk = json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    json_chunk += b" " * (-len(json_chunk) % 4)
+    binary += b"\0" * (-len(binary) % 4)
+    total = 12 + 8 + len(json_chunk) + 8 + len(binary)
+    return b"".join(
+        [
+            struct.pack("<III", _GLB_MAGIC, 2, total),
+            struct.pack("<II", len(json_chunk), _CHUNK_JSON),
+            json_chunk,
+            struct.pack("<II", len(binary), _CHUNK_BIN),
+            binary,
+        ]
+    )
+
+
+def glb_document(
+    result: Reconstruction, *, morph_normals: bool = True
+) -> tuple[dict[str, Any], bytes]:
+    """The glTF JSON document and BIN chunk for ``result`` (separate so tests can inspect)."""
+    vertex_index, uv_index, faces = split_uv_seams(result.faces, result.uv_faces)
+    neutral_normals = vertex_normals(result.neutral_vertices, result.faces)
+    builder = _BinaryBuilder()
+
+    positions = result.neutral_vertices[vertex_index].astype(np.float32)
+    texcoords = result.uvs[uv_index].astype(np.float32)
+    texcoords[:, 1] = 1.0 - texcoords[:, 1]  # glTF's v runs down the image
+    attributes = {
+        "POSITION": builder.accessor(positions, "VEC3", bounds=True),
+        "NORMAL": builder.accessor(neutral_normals[vertex_index].astype(np.float32), "VEC3"),
+        "TEXCOORD_0": builder.accessor(texcoords, "VEC2"),
+    }
+    index_dtype = np.uint16 if len(vertex_index) <= 0xFFFF else np.uint32
+    indices = builder.accessor(
+        faces.reshape(-1).astype(index_dtype), "SCALAR", target=_ELEMENT_ARRAY_BUFFER
+    )
+
+    targets = []
+    for e in range(len(result.expression_names)):
+        delta = result.expression_deltas[e]
+        target = {
+            "POSITION": builder.accessor(
+                delta[vertex_index].astype(np.float32), "VEC3", bounds=True
+            )
+        }
+        if morph_normals:
+            moved = vertex_normals(result.neutral_vertices.astype(np.float64) + delta, result.faces)
+            target["NORMAL"] = builder.accessor(
+                (moved - neutral_normals)[vertex_index].astype(np.float32), "VEC3"
+            )
+        targets.append(target)
+
+    image_view = builder.view(encode_png(result.texture))
+
+    primitive: dict[str, Any] = {
+        "attributes": attributes,
+        "indices": indices,
+        "material": 0,
+        "mode": 4,
+    }
+    mesh: dict[str, Any] = {"name": "head", "primitives": [primitive]}
+    if targets:
+        primitive["targets"] = targets
+        mesh["weights"] = [float(w) for w in result.expression_weights]
+        mesh["extras"] = {"targetNames": list(result.expression_names)}
+
+    camera, light = result.camera, result.light
+    peak = float(np.max(light.colour))
+    colour = (light.colour / peak).tolist() if peak > 0 else [0.0, 0.0, 0.0]
+    document: dict[str, Any] = {
+        "asset": {"version": "2.0", "generator": f"ganfit {ENGINE_VERSION}"},
+        "extensionsUsed": ["KHR_lights_punctual"],
+        "extensions": {
+            "KHR_lights_punctual": {
+                "lights": [
+                    {
+                        "name": "light",
+                        "type": "point",
+                        "color": colour,
+                        "intensity": max(peak, 0.0),
+                        "extras": {"ganfit": {"colour": light.colour.tolist(), "falloff": "none"}},
+                    }
+                ]
+            }
+        },
+        "scene": 0,
+        "scenes": [
+            {
+                "name": "ganfit",
+                "nodes": [0, 1, 2],
+                "extras": {
+                    "ganfit": {
+                        "format": RESULT_FORMAT,
+                        "engine_version": result.engine_version,
+                        "ambient": light.ambient.tolist(),
+                    }
+                },
+            }
+        ],
+        "nodes": [
+            {"name": "head", "mesh": 0},
+            {
+                "name": "camera",
+                "camera": 0,
+                "matrix": camera_matrix(camera.position, camera.look_at, camera.up)
+                .T.reshape(-1)
+                .tolist(),
+            },
+            {
+                "name": "light",
+                "translation": light.position.tolist(),
+                "extensions": {"KHR_lights_punctual": {"light": 0}},
+            },
+        ],
+        "cameras": [
+            {
+                "name": "camera",
+                "type": "perspective",
+                "perspective": {
+                    "yfov": camera.yfov,
+                    "aspectRatio": camera.width / camera.height,
+                    "znear": 0.01,
+                    "zfar": 100.0,
+                },
+            }
+        ],
+        "meshes": [mesh],
+        "materials": [
+            {
+                "name": "ganfit_face",
+                "pbrMetallicRoughness": {
+                    "baseColorTexture": {"index": 0},
+                    "metallicFactor": 0.0,
+                    "roughnessFactor": ROUGHNESS,
+                },
+            }
+        ],
+        "textures": [{"sampler": 0, "source": 0}],
+        "samplers": [
+            # clamp: a UV atlas must not bleed across its edges
+            {
+                "magFilter": _LINEAR,
+                "minFilter": _LINEAR_MIPMAP_LINEAR,
+                "wrapS": _CLAMP_TO_EDGE,
+                "wrapT": _CLAMP_TO_EDGE,
+            }
+        ],
+        "images": [{"name": "texture", "bufferView": image_view, "mimeType": "image/png"}],
+        "accessors": builder.accessors,
+        "bufferViews": builder.buffer_views,
+        "buffers": [{"byteLength": len(builder.data)}],
+    }
+    return document, bytes(builder.data)
+
+
+def export_glb(
+    result: Reconstruction, path: Path | str, *, force: bool = False, morph_normals: bool = True
+) -> Path:
+    """Write ``result`` as a self-contained .glb at ``path`` (atomically); return ``path``."""
+    path = Path(path)
+    if path.suffix.lower() != ".glb":
+        raise OutputError(f"{path}: a glTF binary export needs a name ending in .glb")
+    document, binary = glb_document(result, morph_normals=morph_normals)
+    payload = _glb_bytes(document, binary)
+    with atomic_file(path, force=force) as tmp:
+        tmp.write_bytes(payload)
+    log.info(
+        "exported %s (%d vertices after seam split, %d morph targets, %.1f MB)",
+        path,
+        document["accessors"][0]["count"],
+        len(result.expression_names),
+        len(payload) / 1e6,
+    )
+    return path

@@ -1,0 +1,676 @@
+"""The result folder: the one format the engine writes and the CLI, the add-on and exports read.
+
+The specification, with every file and field, is ``docs/result-format.md``; this module is its
+only implementation, so the writer and every reader agree by construction. It needs numpy, and
+Pillow only for the PNG files (imported when a PNG is read or written), so a reader with numpy
+alone (say Blender's bundled Python) can use ``read_result(path, load_images=False)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganfit import __version__ as ENGINE_VERSION
+from ganfit.errors import GanfitError, OutputError
+from ganfit.io.atomic import atomic_directory, check_can_create
+
+__all__ = [
+    "RESULT_FORMAT",
+    "RESULT_VERSION",
+    "RESULT_JSON",
+    "MESH_NPZ",
+    "TEXTURE_PNG",
+    "PREVIEW_PNG",
+    "OBJ_FILE",
+    "MTL_FILE",
+    "GLB_FILE",
+    "ResultFileError",
+    "CameraParams",
+    "LightParams",
+    "Reconstruction",
+    "write_result",
+    "read_result",
+    "result_files",
+    "is_result_folder",
+    "check_output_folder",
+    "encode_png",
+    "write_png",
+    "read_png",
+]
+
+log = logging.getLogger(__name__)
+
+RESULT_FORMAT = "ganfit-result"
+#: Major version. Additive changes (new optional keys or files) keep it; anything an older
+#: reader would misread bumps it, and older readers refuse the folder (docs/result-format.md).
+RESULT_VERSION = 1
+
+RESULT_JSON = "result.json"
+MESH_NPZ = "head.npz"
+TEXTURE_PNG = "texture.png"
+PREVIEW_PNG = "preview.png"
+OBJ_FILE = "head.obj"
+MTL_FILE = "head.mtl"
+GLB_FILE = "head.glb"
+
+#: Arrays stored in head.npz: name -> (dtype, shape with None for free sizes).
+_NPZ_ARRAYS: dict[str, tuple[type, tuple[int | str | None, ...]]] = {
+    "vertices": (np.float32, ("V", 3)),
+    "neutral_vertices": (np.float32, ("V", 3)),
+    "faces": (np.int32, ("F", 3)),
+    "uvs": (np.float32, ("T", 2)),
+    "uv_faces": (np.int32, ("F", 3)),
+    "expression_deltas": (np.float32, ("E", "V", 3)),
+    "landmark_indices": (np.int32, ("L",)),
+    "landmarks_2d": (np.float32, ("L", 2)),
+}
+
+#: Fitted vertices must equal neutral + sum_e w_e delta_e to this many metres (0.1 mm).
+_EXPRESSION_TOLERANCE_M = 1e-4
+
+
+class ResultFileError(GanfitError):
+    """A result folder is missing, incomplete, damaged, or from an incompatible ganfit."""
+
+
+def _vec3(value: Any, name: str) -> np.ndarray:
+    array = np.array(value, dtype=np.float64).reshape(-1)
+    if array.shape != (3,):
+        raise ValueError(f"{name}: expected 3 numbers, got shape {np.shape(value)}")
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class CameraParams:
+    """Pinhole camera (paper 3.2), in model space; principal point at the image centre.
+
+    ``focal`` is the focal length divided by the image width, so it does not depend on the
+    resolution; ``width``/``height`` are the photo's size in pixels the camera was fitted for.
+    """
+
+    position: np.ndarray
+    look_at: np.ndarray
+    up: np.ndarray
+    focal: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        for name in ("position", "look_at", "up"):
+            object.__setattr__(self, name, _vec3(getattr(self, name), f"camera.{name}"))
+        object.__setattr__(self, "focal", float(self.focal))
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+
+    @property
+    def yfov(self) -> float:
+        """Vertical field of view in radians (what glTF and Blender's sensor-fit logic want)."""
+        return 2.0 * math.atan(self.height / (2.0 * self.focal * self.width))
+
+    def validate(self) -> None:
+        """Raise ValueError if the camera cannot form an image."""
+        if not (math.isfinite(self.focal) and self.focal > 0):
+            raise ValueError(f"camera.focal must be a positive number, got {self.focal}")
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"camera size must be positive, got {self.width}x{self.height}")
+        for name in ("position", "look_at", "up"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"camera.{name} must be finite")
+        forward = self.look_at - self.position
+        if np.linalg.norm(forward) == 0:
+            raise ValueError("camera.look_at equals camera.position")
+        if np.linalg.norm(np.cross(forward, self.up)) == 0:
+            raise ValueError("camera.up is parallel to the viewing direction")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position.tolist(),
+            "look_at": self.look_at.tolist(),
+            "up": self.up.tolist(),
+            "focal": self.focal,
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CameraParams:
+        return cls(
+            position=data["position"],
+            look_at=data["look_at"],
+            up=data["up"],
+            focal=data["focal"],
+            width=data["width"],
+            height=data["height"],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class LightParams:
+    """One point light (model space position, linear RGB colour) plus ambient RGB; no falloff."""
+
+    position: np.ndarray
+    colour: np.ndarray
+    ambient: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("position", "colour", "ambient"):
+            object.__setattr__(self, name, _vec3(getattr(self, name), f"light.{name}"))
+
+    def validate(self) -> None:
+        for name in ("position", "colour", "ambient"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"light.{name} must be finite")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position.tolist(),
+            "colour": self.colour.tolist(),
+            "ambient": self.ambient.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LightParams:
+        return cls(position=data["position"], colour=data["colour"], ambient=data["ambient"])
+
+
+def _as(value: Any, dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(value, dtype=dtype))
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Reconstruction:
+    """Everything one reconstruction produced; what a result folder holds.
+
+    Arrays are converted to the documented dtypes on construction, so callers may pass float64
+    or torch-converted arrays. ``vertices == neutral_vertices + sum_e w_e * expression_deltas[e]``
+    (checked by ``validate``): the add-on rebuilds the fitted face from sliders with it.
+    """
+
+    photos: list[str]
+    vertices: np.ndarray  # (V, 3) float32, model space: metres, y up, face toward +z
+    neutral_vertices: np.ndarray  # (V, 3) float32, identity only (expression zero)
+    faces: np.ndarray  # (F, 3) int32 into vertices, counter-clockwise seen from outside
+    uvs: np.ndarray  # (T, 2) float32, v up
+    uv_faces: np.ndarray  # (F, 3) int32 into uvs
+    expression_names: list[str]
+    expression_weights: np.ndarray  # (E,) float32
+    expression_deltas: np.ndarray  # (E, V, 3) float32
+    identity_names: list[str]
+    identity_coefficients: np.ndarray  # (Ki,) float32
+    landmark_indices: np.ndarray  # (L,) int32 vertex indices, L = 68 for the iBUG scheme
+    landmarks_2d: np.ndarray  # (L, 2) float32, detected, photo pixels (x right, y down)
+    landmark_error_iod: float  # mean landmark error / outer-eye-corner distance
+    camera: CameraParams
+    light: LightParams
+    texture: np.ndarray  # (Ht, Wt, 3) uint8 UV texture, row 0 is v = 1
+    preview: np.ndarray | None = None  # (H, W, 3) uint8 render over the photo
+    shape_model: str = ""
+    texture_model: str = ""
+    engine_version: str = ENGINE_VERSION
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None  # ISO 8601 UTC; write_result stamps it when None
+
+    def __post_init__(self) -> None:
+        conversions = {
+            "vertices": np.float32,
+            "neutral_vertices": np.float32,
+            "faces": np.int32,
+            "uvs": np.float32,
+            "uv_faces": np.int32,
+            "expression_weights": np.float32,
+            "expression_deltas": np.float32,
+            "identity_coefficients": np.float32,
+            "landmark_indices": np.int32,
+            "landmarks_2d": np.float32,
+            "texture": np.uint8,
+        }
+        for name, dtype in conversions.items():
+            object.__setattr__(self, name, _as(getattr(self, name), dtype))
+        if self.preview is not None:
+            object.__setattr__(self, "preview", _as(self.preview, np.uint8))
+        object.__setattr__(self, "photos", [str(p) for p in self.photos])
+        object.__setattr__(self, "expression_names", [str(n) for n in self.expression_names])
+        object.__setattr__(self, "identity_names", [str(n) for n in self.identity_names])
+        object.__setattr__(self, "landmark_error_iod", float(self.landmark_error_iod))
+        object.__setattr__(
+            self, "losses", {str(k): [float(x) for x in v] for k, v in self.losses.items()}
+        )
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    def validate(self, *, require_images: bool = True) -> None:
+        """Raise ValueError naming the first inconsistency; writers call this before writing."""
+        sizes: dict[str, int] = {}
+        for name, (_dtype, shape) in _NPZ_ARRAYS.items():
+            array = getattr(self, name)
+            if array.ndim != len(shape):
+                raise ValueError(
+                    f"{name}: expected {len(shape)} dimensions, got shape {array.shape}"
+                )
+            for axis, want in zip(array.shape, shape, strict=True):
+                if isinstance(want, int):
+                    if axis != want:
+                        raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
+                elif want is not None:
+                    if sizes.setdefault(want, axis) != axis:
+                        raise ValueError(
+                            f"{name}: size {axis} disagrees with {want} = {sizes[want]} "
+                            f"(shape {array.shape})"
+                        )
+        n_vert, n_uv = sizes["V"], sizes["T"]
+        if n_vert == 0 or sizes["F"] == 0:
+            raise ValueError("the mesh has no vertices or no faces")
+        for name in ("vertices", "neutral_vertices", "uvs", "expression_deltas", "landmarks_2d"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"{name}: contains NaN or infinity")
+        for name, count in (("faces", n_vert), ("uv_faces", n_uv), ("landmark_indices", n_vert)):
+            array = getattr(self, name)
+            if array.size and (array.min() < 0 or array.max() >= count):
+                raise ValueError(
+                    f"{name}: indices must lie in [0, {count}), got [{array.min()}, {array.max()}]"
+                )
+        n_expr = sizes["E"]
+        if len(self.expression_names) != n_expr or self.expression_weights.shape != (n_expr,):
+            raise ValueError(
+                f"expressions: {len(self.expression_names)} names, weights of shape "
+                f"{self.expression_weights.shape}, {n_expr} deltas; they must agree"
+            )
+        if (
+            len(self.identity_names) != self.identity_coefficients.shape[0]
+            or self.identity_coefficients.ndim != 1
+        ):
+            raise ValueError(
+                f"identity: {len(self.identity_names)} names but coefficients of shape "
+                f"{self.identity_coefficients.shape}"
+            )
+        for kind, names in (
+            ("expression", self.expression_names),
+            ("identity", self.identity_names),
+        ):
+            if len(set(names)) != len(names):
+                dupes = sorted({n for n in names if names.count(n) > 1})
+                raise ValueError(f"{kind} names must be unique; repeated: {dupes[:5]}")
+        for name in ("expression_weights", "identity_coefficients"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"{name}: contains NaN or infinity")
+        rebuilt = self.neutral_vertices + np.einsum(
+            "e,evc->vc", self.expression_weights, self.expression_deltas
+        )
+        gap = float(np.abs(rebuilt - self.vertices).max())
+        if gap > _EXPRESSION_TOLERANCE_M:
+            raise ValueError(
+                "vertices differ from neutral_vertices + weighted expression_deltas by "
+                f"{gap:.3g} m "
+                f"(tolerance {_EXPRESSION_TOLERANCE_M} m)"
+            )
+        self.camera.validate()
+        self.light.validate()
+        images = [("texture", self.texture)] + (
+            [("preview", self.preview)] if self.preview is not None else []
+        )
+        for name, image in images:
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(
+                    f"{name}: expected an (H, W, 3) RGB image, got shape {image.shape}"
+                )
+            if require_images and (image.shape[0] == 0 or image.shape[1] == 0):
+                raise ValueError(f"{name}: the image is empty")
+        try:
+            json.dumps(self.settings, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"settings must be JSON-serialisable (plain numbers, strings, lists, dicts): {exc}"
+            ) from exc
+
+
+# --- PNG ------------------------------------------------------------------------------------
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 RGB image (glTF embeds these)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(image: np.ndarray, path: Path) -> None:
+    """Write an (H, W, 3) uint8 RGB image as PNG (the one PNG writer, so tests can fail it)."""
+    Path(path).write_bytes(encode_png(image))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a PNG as (H, W, 3) uint8 RGB; other modes (an artist's RGBA edit) are converted."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode != "RGB":
+            log.debug("%s: converting %s to RGB", path, image.mode)
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8).copy()
+
+
+# --- JSON helpers ---------------------------------------------------------------------------
+
+
+def _json_float(value: float) -> float | None:
+    """JSON has no NaN/infinity; store them as null (read back as NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _f32(value: Any) -> float:
+    """The shortest decimal that reads back as the same float32 (0.3, not 0.30000001192092896)."""
+    return float(str(np.float32(value)))
+
+
+_NUMBER_LIST = re.compile(r"\[\s+((?:-?[0-9.eE+-]+|null)(?:,\s+(?:-?[0-9.eE+-]+|null))*)\s+\]")
+
+_NAMED_VALUE = re.compile(
+    r'\{\n\s+("name": "(?:[^"\\\n]|\\.)*",)\n\s+("(?:weight|coefficient)": [^\n]+)\n\s+\}'
+)
+
+
+def _dumps(document: dict[str, Any]) -> str:
+    """Indented JSON with number lists and name/value pairs on one line, so people can read it."""
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    text = _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text
+    )
+    return _NAMED_VALUE.sub(lambda m: "{" + m.group(1) + " " + m.group(2) + "}", text)
+
+
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _to_document(result: Reconstruction, files: dict[str, str], created: str) -> dict[str, Any]:
+    """The result.json document for ``result`` (the field list is docs/result-format.md)."""
+    return {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "created": created,
+        "engine_version": result.engine_version,
+        "coordinates": {"units": "metres", "up": "+y", "face": "+z", "uv_v": "up"},
+        "photos": list(result.photos),
+        "shape_model": result.shape_model,
+        "texture_model": result.texture_model,
+        "counts": {
+            "vertices": int(result.vertices.shape[0]),
+            "faces": int(result.faces.shape[0]),
+            "uvs": int(result.uvs.shape[0]),
+            "expressions": len(result.expression_names),
+            "identity": len(result.identity_names),
+            "landmarks": int(result.landmark_indices.shape[0]),
+        },
+        "camera": result.camera.to_json(),
+        "light": result.light.to_json(),
+        "expressions": [
+            {"name": name, "weight": _f32(weight)}
+            for name, weight in zip(result.expression_names, result.expression_weights, strict=True)
+        ],
+        "identity": [
+            {"name": name, "coefficient": _f32(value)}
+            for name, value in zip(result.identity_names, result.identity_coefficients, strict=True)
+        ],
+        "landmarks": {"error_iod": _json_float(result.landmark_error_iod)},
+        "texture": {"width": int(result.texture.shape[1]), "height": int(result.texture.shape[0])},
+        "settings": result.settings,
+        "losses": {name: [_json_float(x) for x in curve] for name, curve in result.losses.items()},
+        "files": files,
+    }
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def is_result_folder(path: Path | str) -> bool:
+    """True if ``path`` is a folder holding a result.json (``--force`` may replace only these)."""
+    path = Path(path)
+    return path.is_dir() and (path / RESULT_JSON).is_file()
+
+
+def _replaceable(path: Path) -> bool:
+    return is_result_folder(path) or (path.is_dir() and not any(path.iterdir()))
+
+
+def check_output_folder(out_dir: Path | str, force: bool = False) -> None:
+    """Fail fast, before minutes of fitting, if ``write_result`` would refuse ``out_dir``."""
+    out_dir = Path(out_dir)
+    check_can_create(out_dir, force, "folder")
+    if out_dir.exists() and not _replaceable(out_dir):
+        raise OutputError(
+            f"{out_dir}: exists and is not a ganfit result folder, so --force will not replace it; "
+            "choose another output folder"
+        )
+
+
+def write_result(
+    result: Reconstruction, out_dir: Path | str, force: bool = False, exports: bool = True
+) -> Path:
+    """Write ``result`` as a result folder at ``out_dir``, atomically; return ``out_dir``.
+
+    Nothing appears at ``out_dir`` until every file is complete and flushed; a failure or
+    Ctrl-C leaves no trace (with ``force``, the old folder survives intact). ``force`` replaces
+    only an existing result folder or an empty folder. ``exports`` also writes head.obj/.mtl
+    and head.glb, which reuse texture.png / embed it.
+    """
+    out_dir = Path(out_dir)
+    try:
+        result.validate()
+    except ValueError as exc:
+        raise ValueError(f"cannot write an inconsistent reconstruction: {exc}") from exc
+    created = result.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    with atomic_directory(
+        out_dir,
+        force=force,
+        replaceable=_replaceable,
+        replaceable_hint="it is not a ganfit result folder",
+    ) as tmp:
+        files: dict[str, str] = {"mesh": MESH_NPZ, "texture": TEXTURE_PNG}
+        np.savez_compressed(tmp / MESH_NPZ, **{name: getattr(result, name) for name in _NPZ_ARRAYS})
+        write_png(result.texture, tmp / TEXTURE_PNG)
+        if result.preview is not None:
+            write_png(result.preview, tmp / PREVIEW_PNG)
+            files["preview"] = PREVIEW_PNG
+        if exports:
+            from ganfit.io.export_gltf import export_glb
+            from ganfit.io.export_obj import export_obj
+
+            export_obj(result, tmp / OBJ_FILE, texture_name=TEXTURE_PNG, write_texture=False)
+            export_glb(result, tmp / GLB_FILE)
+            files.update({"obj": OBJ_FILE, "mtl": MTL_FILE, "glb": GLB_FILE})
+        document = _to_document(result, files, created)
+        text = _dumps(document)
+        # result.json last: a folder with it is complete even if copied by a non-atomic tool
+        (tmp / RESULT_JSON).write_text(text + "\n", encoding="utf-8")
+    log.info(
+        "wrote result %s (%d vertices, %d expressions)",
+        out_dir,
+        result.num_vertices,
+        len(result.expression_names),
+    )
+    return out_dir
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _locate(path: Path | str) -> Path:
+    """Accept the folder or its result.json (what a file browser hands over)."""
+    path = Path(path)
+    if path.name == RESULT_JSON and path.is_file():
+        return path.parent
+    if not path.exists():
+        raise ResultFileError(f"{path}: no such result folder; check the path")
+    if not path.is_dir():
+        raise ResultFileError(
+            f"{path}: not a result folder (expected a folder holding {RESULT_JSON})"
+        )
+    return path
+
+
+def _load_document(folder: Path) -> dict[str, Any]:
+    json_path = folder / RESULT_JSON
+    if not json_path.is_file():
+        raise ResultFileError(f"{folder}: not a ganfit result folder ({RESULT_JSON} is missing)")
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFileError(f"{json_path}: damaged ({exc}); reconstruct again") from exc
+    if not isinstance(document, dict) or document.get("format") != RESULT_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise ResultFileError(
+            f"{json_path}: not a ganfit result (format {found!r}, expected {RESULT_FORMAT!r})"
+        )
+    version = document.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ResultFileError(
+            f"{json_path}: damaged (format version {version!r} is not a positive integer)"
+        )
+    if version > RESULT_VERSION:
+        raise ResultFileError(
+            f"{folder}: written by a newer ganfit (result format version {version}, this ganfit "
+            f"{ENGINE_VERSION} reads up to {RESULT_VERSION}); upgrade ganfit"
+        )
+    return document
+
+
+def result_files(path: Path | str) -> dict[str, Path]:
+    """Paths of the files a result folder lists (mesh, texture, maybe preview, obj, mtl, glb).
+
+    The add-on uses this to hand texture.png straight to Blender's image loader.
+    """
+    folder = _locate(path)
+    document = _load_document(folder)
+    return _files(folder, document)
+
+
+def _files(folder: Path, document: dict[str, Any]) -> dict[str, Path]:
+    listed = document.get("files")
+    if not isinstance(listed, dict):
+        raise ResultFileError(f"{folder / RESULT_JSON}: damaged (no 'files' map)")
+    paths: dict[str, Path] = {}
+    for key, name in listed.items():
+        # plain names only: a result.json must not point outside its folder
+        if (
+            not isinstance(name, str)
+            or not name
+            or name != os.path.basename(name)
+            or name in (".", "..")
+        ):
+            raise ResultFileError(
+                f"{folder / RESULT_JSON}: damaged (files.{key} = {name!r} is not a file name)"
+            )
+        paths[key] = folder / name
+    for key in ("mesh", "texture"):
+        if key not in paths:
+            raise ResultFileError(f"{folder / RESULT_JSON}: damaged (files.{key} is missing)")
+    return paths
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ResultFileError(
+            f"{path}: missing; the result folder is incomplete, reconstruct again"
+        )
+    return path
+
+
+def read_result(path: Path | str, *, load_images: bool = True) -> Reconstruction:
+    """Read and validate a result folder (or its result.json) written by ``write_result``.
+
+    ``load_images=False`` skips the PNGs (no Pillow needed): texture is then a (0, 0, 3) array
+    and preview None; use ``result_files`` for their paths.
+    """
+    folder = _locate(path)
+    document = _load_document(folder)
+    paths = _files(folder, document)
+    json_path = folder / RESULT_JSON
+    try:
+        with np.load(_require_file(paths["mesh"]), allow_pickle=False) as npz:
+            missing = [name for name in _NPZ_ARRAYS if name not in npz.files]
+            if missing:
+                raise ResultFileError(
+                    f"{paths['mesh']}: damaged (arrays missing: {', '.join(missing)}); "
+                    "reconstruct again"
+                )
+            arrays = {name: npz[name] for name in _NPZ_ARRAYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated, pickled objects
+        raise ResultFileError(f"{paths['mesh']}: damaged ({exc}); reconstruct again") from exc
+    for name, (dtype, _shape) in _NPZ_ARRAYS.items():
+        if arrays[name].dtype != dtype:
+            raise ResultFileError(
+                f"{paths['mesh']}: damaged ({name} has dtype {arrays[name].dtype}, "
+                f"expected {np.dtype(dtype)})"
+            )
+
+    if load_images:
+        texture = read_png(_require_file(paths["texture"]))
+        preview = read_png(_require_file(paths["preview"])) if "preview" in paths else None
+    else:
+        texture, preview = np.zeros((0, 0, 3), np.uint8), None
+
+    try:
+        expressions = document["expressions"]
+        identity = document["identity"]
+        result = Reconstruction(
+            photos=document["photos"],
+            **arrays,
+            expression_names=[item["name"] for item in expressions],
+            expression_weights=np.array([item["weight"] for item in expressions], np.float32),
+            identity_names=[item["name"] for item in identity],
+            identity_coefficients=np.array([item["coefficient"] for item in identity], np.float32),
+            landmark_error_iod=_float_or_nan(document["landmarks"]["error_iod"]),
+            camera=CameraParams.from_json(document["camera"]),
+            light=LightParams.from_json(document["light"]),
+            texture=texture,
+            preview=preview,
+            shape_model=document.get("shape_model", ""),
+            texture_model=document.get("texture_model", ""),
+            engine_version=document.get("engine_version", ""),
+            losses={
+                k: [_float_or_nan(x) for x in v] for k, v in document.get("losses", {}).items()
+            },
+            settings=document.get("settings", {}),
+            created=document.get("created"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ResultFileError(
+            f"{json_path}: damaged (bad or missing field: {exc}); reconstruct again"
+        ) from exc
+    try:
+        result.validate(require_images=load_images)
+    except ValueError as exc:
+        raise ResultFileError(f"{folder}: damaged ({exc}); reconstruct again") from exc
+    counts = document.get("counts", {})
+    actual = {
+        "vertices": result.num_vertices,
+        "faces": int(result.faces.shape[0]),
+        "expressions": len(result.expression_names),
+    }
+    for key, value in actual.items():
+        if key in counts and counts[key] != value:
+            raise ResultFileError(
+                f"{folder}: damaged ({RESULT_JSON} says {counts[key]} {key}, "
+                f"{MESH_NPZ} holds {value})"
+            )
+    log.debug("read result %s (format version %d)", folder, document["version"])
+    return result
