@@ -45,11 +45,21 @@ class Camera:
         rot = self.rotation()
         return torch.einsum("bij,bnj->bni", rot, points - self.position[:, None, :])
 
-    def project(self, points: Tensor, width: int, height: int) -> Tensor:
+    def project(
+        self,
+        points: Tensor,
+        width: int,
+        height: int,
+        window: tuple[float, float, float, float] | None = None,
+        out_size: tuple[int, int] | None = None,
+    ) -> Tensor:
         """Project world points (B, N, 3) to (B, N, 3): pixel x, pixel y, depth along the axis.
 
-        Pixel coordinates put the image's top-left corner at (0, 0), so pixel (i, j) has its
-        centre at (j + 0.5, i + 0.5).
+        ``width`` and ``height`` are the photo's size, which fixes the intrinsics. Pixel
+        coordinates put the image's top-left corner at (0, 0), so pixel (i, j) has its centre at
+        (j + 0.5, i + 0.5). With ``window`` = (x0, y0, x1, y1) in photo pixels and ``out_size`` =
+        (out_width, out_height), coordinates are those of that crop resampled to the output size:
+        this is how the fitting renders a face crop at 224 x 224 without changing the camera.
         """
         cam = self.world_to_camera(points)
         z = cam[..., 2]
@@ -57,6 +67,11 @@ class Camera:
         safe_z = torch.where(z.abs() < _EPS, torch.full_like(z, _EPS), z)
         x = f_px * cam[..., 0] / safe_z + 0.5 * width
         y = f_px * cam[..., 1] / safe_z + 0.5 * height
+        if window is not None:
+            x0, y0, x1, y1 = window
+            out_w, out_h = out_size if out_size is not None else (width, height)
+            x = (x - x0) * (out_w / (x1 - x0))
+            y = (y - y0) * (out_h / (y1 - y0))
         return torch.stack([x, y, z], dim=-1)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Camera":

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 _NEAR = 1e-6
+# Grid sizes of the broadcast candidate test; a wider triangle enumerates its own box.
+_GRID_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 @dataclass(frozen=True)
@@ -75,38 +77,48 @@ def _edge_planes(xy: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([bary, inv_depth], -2), area2
 
 
-def _candidates_small(planes: Tensor, j0: Tensor, i0: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Test a size x size pixel grid per triangle by broadcasting: no gathers at all."""
+def _covered_small(
+    planes: Tensor, j0: Tensor, i0: Tensor, size: int, width: int, height: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Test a size x size pixel grid per triangle by broadcasting, keep the covered pixels.
+
+    Returns (triangle row, pixel x, pixel y, 1/depth) of the covered pixel centres only.
+    """
     d = torch.arange(size, device=planes.device)
-    px = j0[:, None, None] + d[None, None, :]  # (T, 1, size)
-    py = i0[:, None, None] + d[None, :, None]  # (T, size, 1)
     dd = d.to(planes.dtype)
-    # Plane value at the grid's first pixel centre, then step along x and y.
+    # Plane values at each grid's first pixel centre, then steps along x and y.
     base = planes[..., 0] * (j0.to(planes.dtype)[:, None] + 0.5) + planes[..., 1] * (i0.to(planes.dtype)[:, None] + 0.5)
     base = base + planes[..., 2]  # (T, 4)
-    step_x = planes[..., 0, None] * dd  # (T, 4, size)
-    step_y = planes[..., 1, None] * dd
-    vals = (base[..., None] + step_y)[..., :, None] + step_x[..., None, :]  # (T, 4, size, size)
-    inside = (vals[:, :3] >= -1e-6).all(1)
-    return px.expand_as(inside), py.expand_as(inside), inside, vals[:, 3]
+    col = base[..., None] + planes[..., 1, None] * dd  # (T, 4, size) along y
+    vals = col[..., :, None] + (planes[..., 0, None] * dd)[..., None, :]  # (T, 4, size, size)
+    inside = vals[:, :3].amin(1) >= -1e-6
+    inside &= ((j0[:, None] + d) < width)[:, None, :] & ((i0[:, None] + d) < height)[:, :, None]
+    flat = torch.nonzero(inside.reshape(-1)).squeeze(1)
+    cells = size * size
+    row = flat // cells
+    cell = flat - row * cells
+    py = i0[row] + cell // size
+    px = j0[row] + cell % size
+    inv_depth = vals[:, 3].reshape(-1)[flat]
+    return row, px, py, inv_depth
 
 
-def _candidates_general(
+def _covered_general(
     planes: Tensor, j0: Tensor, i0: Tensor, bw: Tensor, bh: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Enumerate each triangle's own bounding box (for the few large triangles)."""
     counts = (bw * bh).long()
     total = int(counts.sum())
-    tri = torch.repeat_interleave(torch.arange(planes.shape[0], device=planes.device), counts, output_size=total)
-    offset = torch.arange(total, device=planes.device) - (torch.cumsum(counts, 0) - counts)[tri]
-    width = bw.long()[tri]
-    px = j0.long()[tri] + offset % width
-    py = i0.long()[tri] + offset // width
-    pl = planes[tri]
+    row = torch.repeat_interleave(torch.arange(planes.shape[0], device=planes.device), counts, output_size=total)
+    offset = torch.arange(total, device=planes.device) - (torch.cumsum(counts, 0) - counts)[row]
+    width = bw.long()[row]
+    px = j0[row] + offset % width
+    py = i0[row] + offset // width
+    pl = planes[row]
     vals = pl[..., 0] * (px.to(planes.dtype)[:, None] + 0.5) + pl[..., 1] * (py.to(planes.dtype)[:, None] + 0.5)
     vals = vals + pl[..., 2]
-    inside = (vals[:, :3] >= -1e-6).all(1)
-    return tri, px, py, inside, vals[:, 3]
+    keep = torch.nonzero(vals[:, :3].amin(1) >= -1e-6).squeeze(1)
+    return row[keep], px[keep], py[keep], vals[keep, 3]
 
 
 @torch.no_grad()
@@ -133,47 +145,45 @@ def _visible_triangles(
     if cull_backfaces:
         valid &= area2 < 0  # counter-clockwise seen from outside is clockwise in y-down pixels
     keep = torch.nonzero(valid).squeeze(1)
+    empty = torch.zeros(0, dtype=torch.long, device=device)
     if keep.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty
     planes, j0, i0, bw, bh = planes[keep], j0[keep].long(), i0[keep].long(), bw[keep], bh[keep]
+    # Each kept triangle's flat pixel offset of its image and its index in `faces`.
+    image_base = (keep // num_faces) * (height * width)
+    face_id = keep % num_faces
 
-    # Most triangles of a face mesh cover a few pixels: test those on a small fixed grid by
-    # broadcasting, and enumerate the bounding boxes of the rest.
-    extent = torch.maximum(bw, bh)
-    histogram = torch.bincount(extent.long().clamp_max(64)).cumsum(0)
-    size = max(1, int(torch.searchsorted(histogram, histogram[-1] * 0.95).item()))
-    small = extent <= size
-    s_idx = torch.nonzero(small).squeeze(1)
-    l_idx = torch.nonzero(~small).squeeze(1)
-    px, py, inside, inv_depth = _candidates_small(planes[s_idx], j0[s_idx], i0[s_idx], size)
-    tri_parts = [keep[s_idx][:, None, None].expand_as(inside).reshape(-1)]
-    px_parts, py_parts = [px.reshape(-1)], [py.reshape(-1)]
-    in_parts, depth_parts = [inside.reshape(-1)], [inv_depth.reshape(-1)]
-    if l_idx.numel():
-        t, gx, gy, gin, gd = _candidates_general(planes[l_idx], j0[l_idx], i0[l_idx], bw[l_idx], bh[l_idx])
-        tri_parts.append(keep[l_idx][t])
-        px_parts.append(gx)
-        py_parts.append(gy)
-        in_parts.append(gin)
-        depth_parts.append(gd)
-    if len(tri_parts) == 1:
-        flat_tri, px, py, inside, inv_depth = tri_parts[0], px_parts[0], py_parts[0], in_parts[0], depth_parts[0]
-    else:
-        flat_tri, px, py = torch.cat(tri_parts), torch.cat(px_parts), torch.cat(py_parts)
-        inside, inv_depth = torch.cat(in_parts), torch.cat(depth_parts)
-    inside = inside & (px < width) & (py < height)
-    inside &= inv_depth > 0
-    inv_depth = torch.where(inside, inv_depth, torch.full_like(inv_depth, float("-inf")))
-    pixel = ((flat_tri // num_faces) * height + py.clamp_max(height - 1)) * width + px.clamp_max(width - 1)
+    # Most triangles of a face mesh cover a few pixels: test them on small fixed grids by
+    # broadcasting, one grid size per bucket of similar extents (so little of each grid is
+    # wasted), and enumerate the bounding boxes of the few large ones.
+    extent = torch.maximum(bw, bh).long()
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    lower = 0
+    for size in _GRID_SIZES:
+        idx = torch.nonzero((extent > lower) & (extent <= size)).squeeze(1)
+        lower = size
+        if idx.numel():
+            row, px, py, inv_depth = _covered_small(planes[idx], j0[idx], i0[idx], size, width, height)
+            row = idx[row]
+            parts.append((image_base[row] + py * width + px, face_id[row], inv_depth))
+    idx = torch.nonzero(extent > lower).squeeze(1)
+    if idx.numel():
+        row, px, py, inv_depth = _covered_general(planes[idx], j0[idx], i0[idx], bw[idx], bh[idx])
+        row = idx[row]
+        parts.append((image_base[row] + py * width + px, face_id[row], inv_depth))
+    if not parts:
+        return empty, empty
+    pixel, triangle, inv_depth = (torch.cat(x) if len(parts) > 1 else x[0] for x in zip(*parts))
+    # Behind the camera or at infinity: not a surface.
+    front = torch.nonzero(inv_depth > 0).squeeze(1)
+    pixel, triangle, inv_depth = pixel[front], triangle[front], inv_depth[front]
 
     nearest = torch.full((batch * height * width,), float("-inf"), dtype=screen.dtype, device=device)
     nearest.scatter_reduce_(0, pixel, inv_depth, reduce="amax")
-    winner = inside & (inv_depth == nearest[pixel])
+    winner = torch.nonzero(inv_depth == nearest[pixel]).squeeze(1)
     # Ties (shared edges at equal depth) resolve to the larger triangle index: deterministic.
-    candidate = torch.where(winner, flat_tri % num_faces, torch.full_like(flat_tri, -1))
     owner = torch.full((batch * height * width,), -1, dtype=torch.long, device=device)
-    owner.scatter_reduce_(0, pixel, candidate, reduce="amax")
+    owner.scatter_reduce_(0, pixel[winner], triangle[winner], reduce="amax")
     pixel_index = torch.nonzero(owner >= 0).squeeze(1)
     return pixel_index, owner[pixel_index]
 

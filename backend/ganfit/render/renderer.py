@@ -55,14 +55,26 @@ class MeshRenderer(nn.Module):
         height: int,
         width: int,
         background: float | Tensor = 0.0,
+        image_size: tuple[int, int] | None = None,
+        window: tuple[float, float, float, float] | None = None,
     ) -> RenderOutput:
-        """Render vertices (B, V, 3) with textures (B, 3, Ht, Wt) into (B, 3, height, width)."""
-        screen = camera.project(vertices, width, height)
+        """Render vertices (B, V, 3) with textures (B, 3, Ht, Wt) into (B, 3, height, width).
+
+        By default the output is the whole photo at its own size. ``image_size`` = (photo width,
+        photo height) with ``window`` = (x0, y0, x1, y1) renders only that crop of the photo's
+        view, resampled to (height, width).
+        """
+        if image_size is None:
+            screen = camera.project(vertices, width, height)
+        else:
+            photo_w, photo_h = image_size
+            crop = window if window is not None else (0.0, 0.0, float(photo_w), float(photo_h))
+            screen = camera.project(vertices, photo_w, photo_h, window=crop, out_size=(width, height))
         frags = rasterize(screen, self.faces, height, width, self.cull_backfaces)
-        position = interpolate(frags, vertices, self.faces)
-        normal = interpolate(frags, vertex_normals(vertices, self.faces), self.faces)
-        uv_table = self.uvs.to(vertices.dtype).expand(vertices.shape[0], -1, -1)
-        uv = interpolate(frags, uv_table, self.uv_faces)
+        # Position and normal share one gather.
+        geometry = interpolate(frags, torch.cat([vertices, vertex_normals(vertices, self.faces)], -1), self.faces)
+        position, normal = geometry[:, :3], geometry[:, 3:]
+        uv = interpolate(frags, self.uvs.to(vertices.dtype)[None], self.uv_faces)
         albedo = sample_texture(texture, uv, frags.batch)
         colour = phong(albedo, position, normal, frags.batch, light, camera.position, self.material)
         image = frags.scatter(colour, background)

@@ -50,36 +50,42 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 
 
 def interpolate(fragments: Fragments, attributes: Tensor, attribute_faces: Tensor) -> Tensor:
-    """Barycentric interpolation of per-vertex attributes (B, V, C) indexed by (F, 3) faces."""
+    """Barycentric interpolation of per-vertex attributes (B, V, C) indexed by (F, 3) faces.
+
+    One flat ``index_select``, whose backward is a single ``index_add`` (advanced indexing
+    would backpropagate through a slower sorting ``index_put``).
+    """
+    batch, num, channels = attributes.shape
     idx = attribute_faces[fragments.triangle]  # (N, 3)
-    corner = attributes[fragments.batch[:, None], idx]  # (N, 3, C)
-    return (fragments.bary[..., None] * corner).sum(1)
+    if batch > 1:
+        idx = idx + (fragments.batch * num)[:, None]
+    corner = attributes.reshape(batch * num, channels).index_select(0, idx.reshape(-1)).reshape(-1, 3, channels)
+    return (fragments.bary[..., None].to(corner.dtype) * corner).sum(1)
 
 
 def sample_texture(texture: Tensor, uv: Tensor, batch: Tensor) -> Tensor:
     """Bilinear lookup of textures (B, C, Ht, Wt) at uv (N, 2) (v up) for samples of ``batch``.
 
-    Written as gathers rather than grid_sample so samples of different images need no padding.
-    Texel centres follow the usual convention; lookups clamp at the border.
+    Written as one gather of the four neighbouring texels rather than grid_sample, so samples
+    of different images need no padding. Texel centres follow the usual convention; lookups
+    clamp at the border.
     """
     b, c, th, tw = texture.shape
     x = uv[:, 0] * tw - 0.5
     y = (1.0 - uv[:, 1]) * th - 0.5
     x0 = torch.floor(x).detach()
     y0 = torch.floor(y).detach()
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
+    fx = x - x0
+    fy = y - y0
     x0 = x0.long()
     y0 = y0.long()
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1).clamp(0, tw - 1)
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1).clamp(0, th - 1)
+    index = ys * tw + xs + (batch * (th * tw))[:, None]  # (N, 4)
     flat = texture.permute(0, 2, 3, 1).reshape(b * th * tw, c)
-    base = batch * (th * tw)
-
-    def texel(yy: Tensor, xx: Tensor) -> Tensor:
-        return flat[base + yy.clamp(0, th - 1) * tw + xx.clamp(0, tw - 1)]
-
-    top = texel(y0, x0) * (1 - fx) + texel(y0, x0 + 1) * fx
-    bottom = texel(y0 + 1, x0) * (1 - fx) + texel(y0 + 1, x0 + 1) * fx
-    return top * (1 - fy) + bottom * fy
+    texels = flat.index_select(0, index.reshape(-1)).reshape(-1, 4, c)
+    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], -1)
+    return (weights[..., None] * texels).sum(1)
 
 
 def phong(

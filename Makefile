@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+# Both create .venv and install everything from the package registries first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU torch resolves from the local wheel on the project's machines; elsewhere from PyPI.
+TORCH ?= torch==2.13.0
+DEMO_OUT ?= demo-output
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ganfit reconstruct "$$($(BIN)/python -c 'from ganfit.io.samples import sample_photo; print(sample_photo("grace_hopper"))')" \
+		-o $(DEMO_OUT)/grace_hopper --force
+	@echo "Open $(DEMO_OUT)/grace_hopper/preview.png (render over the photo) or import head.glb / head.obj."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_renderer.py
+	$(BIN)/python benchmarks/bench_landmark_fit.py
+	$(BIN)/python benchmarks/landmark_accuracy.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,108 @@
+"""Stage 1 of paper 3.4: rough alignment of shape, expression and camera to 2D landmarks.
+
+Only the 68 landmark vertices are evaluated (``ShapeModel.vertices(..., indices=...)``), so a
+step costs well under a millisecond and a few hundred steps fit in the 10 s budget with room to
+spare. The loss is eq. 12, normalised by the outer-eye-corner distance so one setting works for
+any photo size, plus the regularisation of eq. 4 on identity and expression.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..models.shape_model import ShapeModel
+from .pose import HeadPose, initial_pose
+from .progress import ProgressEvent, ProgressFn, no_progress
+from .settings import LandmarkStageSettings
+
+log = logging.getLogger(__name__)
+
+LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
+
+
+@dataclass
+class LandmarkFit:
+    """Result of stage 1; tensors are detached."""
+
+    pose: HeadPose
+    identity: Tensor  # (B, Ki) in units of the prior std
+    expression: Tensor  # (B, Ke) ARKit weights in [0, 1]
+    projected: Tensor  # (B, 68, 2) fitted landmark positions in photo pixels
+    error_iod: Tensor  # (B,) mean landmark distance / outer-eye-corner distance
+    losses: list[float]
+
+
+def interocular(landmarks: Tensor) -> Tensor:
+    """Outer-eye-corner distance (B,) of (B, 68, 2) landmarks."""
+    return (landmarks[:, LEFT_EYE_OUTER] - landmarks[:, RIGHT_EYE_OUTER]).norm(dim=-1)
+
+
+def fit_landmarks(
+    model: ShapeModel,
+    landmarks: Tensor,
+    image_size: Tensor,
+    focal: Tensor,
+    settings: LandmarkStageSettings = LandmarkStageSettings(),
+    progress: ProgressFn = no_progress,
+) -> LandmarkFit:
+    """Fit pose, identity and expression to detected landmarks (B, 68, 2) in photo pixels.
+
+    image_size (B, 2) holds each photo's (width, height); focal (B,) its focal / width. The first
+    third of the steps moves the pose alone (a rigid alignment), then everything moves.
+    """
+    batch = landmarks.shape[0]
+    dtype, device = landmarks.dtype, landmarks.device
+    index = model.landmark_indices
+    identity = torch.zeros(batch, model.num_identity, dtype=dtype, device=device, requires_grad=True)
+    expression = torch.zeros(batch, model.num_expression, dtype=dtype, device=device, requires_grad=True)
+    width, height = image_size[:, 0], image_size[:, 1]
+    with torch.no_grad():
+        neutral = model.vertices(identity, expression, indices=index)
+    pose = initial_pose(landmarks, neutral, width, height, focal)
+    for p in pose.parameters():
+        p.requires_grad_(True)
+    iod = interocular(landmarks)
+    id_std = model.identity_std.to(dtype)
+    exp_std = model.expression_std.to(dtype)
+
+    rigid_steps = settings.steps // 3
+    optimiser = torch.optim.Adam(pose.parameters() + [identity, expression], lr=settings.learning_rate)
+    losses: list[float] = []
+    for step in range(settings.steps):
+        optimiser.zero_grad(set_to_none=True)
+        points = model.vertices(identity * id_std, expression, indices=index)
+        projected = pose.camera().project(points, width, height)[..., :2]
+        dist2 = ((projected - landmarks) ** 2).sum(-1) / (iod[:, None] ** 2)
+        data = dist2.mean()
+        prior = settings.identity_weight * (identity**2).sum(-1).mean()
+        prior = prior + settings.expression_weight * ((expression / exp_std) ** 2).sum(-1).mean()
+        loss = data + prior
+        loss.backward()
+        if step < rigid_steps:
+            identity.grad = None
+            expression.grad = None
+        optimiser.step()
+        with torch.no_grad():
+            # Projected gradient: ARKit weights live in [0, 1]; identity within 3 std.
+            expression.clamp_(0.0, 1.0)
+            identity.clamp_(-3.0, 3.0)
+        losses.append(float(loss.detach()))
+        progress(ProgressEvent("landmarks", step + 1, settings.steps, {"landmark": float(data.detach()), "prior": float(prior.detach())}))
+
+    with torch.no_grad():
+        points = model.vertices(identity * id_std, expression, indices=index)
+        projected = pose.camera().project(points, width, height)[..., :2]
+        error = (projected - landmarks).norm(dim=-1).mean(-1) / iod
+    log.info("landmark stage: mean error %s of the inter-ocular distance", [f"{e:.2%}" for e in error.tolist()])
+    return LandmarkFit(
+        pose=pose.detach(),
+        identity=identity.detach(),
+        expression=expression.detach(),
+        projected=projected.detach(),
+        error_iod=error.detach(),
+        losses=losses,
+    )

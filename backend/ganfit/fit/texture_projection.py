@@ -1,0 +1,148 @@
+"""The interim texture model: the photo projected into UV space (until the GAN prior exists).
+
+Each texel is a point on the fitted mesh. Where that point is visible in the photo (z-buffer test
+plus a facing weight) it takes the photo's colour; where it is hidden it takes the colour of its
+mirror point on the other half of the face, if that one is visible; what neither reaches is
+filled from its surroundings by push-pull. Dividing by the fitted shading turns the photo's
+colour into an albedo estimate, so the lit render reproduces the photo instead of shading twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..render import Camera, Fragments, PointLight, interpolate, rasterize, vertex_normals
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UVTexture:
+    """A texture in UV space with how much of each texel the photo really saw."""
+
+    image: Tensor  # (3, S, S) in [0, 1], row 0 is v = 1
+    confidence: Tensor  # (1, S, S) in [0, 1]: 1 seen directly, 0 filled
+
+
+def uv_fragments(uvs: Tensor, uv_faces: Tensor, size: int) -> Fragments:
+    """Which triangle and barycentrics cover each texel centre of a size x size UV map."""
+    screen = torch.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size, torch.ones_like(uvs[:, 0])], -1)
+    return rasterize(screen[None], uv_faces, size, size, cull_backfaces=False)
+
+
+
+
+def mirror_vertex_index(vertices: Tensor, chunk: int = 2048) -> Tensor:
+    """For each vertex of a left/right symmetric mesh (mirror plane x = 0), its mirror vertex."""
+    mirrored = vertices * torch.tensor([-1.0, 1.0, 1.0], dtype=vertices.dtype, device=vertices.device)
+    out = []
+    for start in range(0, vertices.shape[0], chunk):
+        d = torch.cdist(mirrored[start : start + chunk], vertices)
+        out.append(d.argmin(-1))
+    return torch.cat(out)
+
+
+def push_pull_fill(image: Tensor, weight: Tensor) -> Tensor:
+    """Fill low-weight pixels of (C, H, W) from a weighted image pyramid (smooth, no seams)."""
+    levels = []
+    img, w = image * weight, weight
+    while min(img.shape[-2:]) > 1:
+        levels.append((img, w))
+        img = F.avg_pool2d(img[None], 2, ceil_mode=True)[0]
+        w = F.avg_pool2d(w[None], 2, ceil_mode=True)[0]
+    coarse = img / w.clamp_min(1e-8)
+    for img, w in reversed(levels):
+        up = F.interpolate(coarse[None], size=img.shape[-2:], mode="bilinear", align_corners=False)[0]
+        norm = img / w.clamp_min(1e-8)
+        alpha = w.clamp(0, 1)
+        coarse = norm * alpha + up * (1 - alpha)
+    return coarse
+
+
+def shading(position: Tensor, normal: Tensor, light: PointLight) -> Tensor:
+    """Diffuse Phong shading (N, 3) of points, as the renderer computes it (batch 0)."""
+    n = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    to_light = light.position[0] - position
+    l_dir = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return light.ambient[0] + light.colour[0] * (n * l_dir).sum(-1, keepdim=True).clamp_min(0.0)
+
+
+def _sample_photo(photo: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear photo colour (N, 3) at pixel coordinates xy (N, 2)."""
+    _, h, w = photo.shape
+    grid = torch.stack([xy[:, 0] / w * 2 - 1, xy[:, 1] / h * 2 - 1], -1)
+    return F.grid_sample(photo[None], grid[None, None], mode="bilinear", align_corners=False)[0, :, 0].T
+
+
+def _observe(
+    photo: Tensor, depth_map: Tensor, camera: Camera, points: Tensor, normals: Tensor, light: PointLight | None
+) -> tuple[Tensor, Tensor]:
+    """Colour (albedo if a light is given) and weight (N,) of surface points seen in the photo."""
+    _, h, w = photo.shape
+    screen = camera.project(points[None], w, h)[0]
+    x, y, z = screen.unbind(-1)
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (z > 0)
+    px = x.long().clamp(0, w - 1)
+    py = y.long().clamp(0, h - 1)
+    surface = depth_map[py, px]
+    visible = inside & (surface > 0) & (z <= surface * 1.005 + 1e-4)
+    to_eye = camera.position[0] - points
+    facing = (normals * to_eye).sum(-1) / (normals.norm(dim=-1) * to_eye.norm(dim=-1)).clamp_min(1e-12)
+    # Grazing views smear the photo across the texture: fade them out between 0.1 and 0.5.
+    weight = ((facing - 0.1) / 0.4).clamp(0, 1)
+    weight = weight * weight * (3 - 2 * weight) * visible.to(points.dtype)
+    colour = _sample_photo(photo, torch.stack([x, y], -1))
+    if light is not None:
+        colour = colour / shading(points, normals, light).clamp_min(0.05)
+    return colour.clamp(0, 1), weight
+
+
+@torch.no_grad()
+def project_photo_to_uv(
+    photo: Tensor,
+    vertices: Tensor,
+    faces: Tensor,
+    uvs: Tensor,
+    uv_faces: Tensor,
+    camera: Camera,
+    mirror_index: Tensor,
+    size: int = 512,
+    light: PointLight | None = None,
+) -> UVTexture:
+    """Project photo (3, H, W) onto the mesh (V, 3) seen by ``camera`` (batch 1) into UV space.
+
+    With ``light``, the fitted shading is divided out, giving an albedo estimate.
+    """
+    _, h, w = photo.shape
+    frags = rasterize(camera.project(vertices[None], w, h), faces, h, w, cull_backfaces=True)
+    depth_map = frags.scatter(frags.depth[:, None])[0, 0]
+
+    texels = uv_fragments(uvs, uv_faces, size)
+    normals = vertex_normals(vertices[None], faces)[0]
+    own_p = interpolate(texels, vertices[None], faces)
+    own_n = interpolate(texels, normals[None], faces)
+    mirror_p = interpolate(texels, vertices[mirror_index][None], faces)
+    mirror_n = interpolate(texels, normals[mirror_index][None], faces)
+
+    own_c, own_w = _observe(photo, depth_map, camera, own_p, own_n, light)
+    mir_c, mir_w = _observe(photo, depth_map, camera, mirror_p, mirror_n, light)
+    mir_w = mir_w * (1 - own_w)
+    total = own_w + mir_w
+    colour = (own_c * own_w[:, None] + mir_c * mir_w[:, None]) / total.clamp_min(1e-8)[:, None]
+
+    image = frags_to_image(texels, colour, size)
+    conf = frags_to_image(texels, total[:, None].clamp(0, 1), size)
+    filled = push_pull_fill(image, conf)
+    coverage = float((conf > 0).float().mean())
+    log.debug("UV projection: %.1f%% of texels observed", 100 * coverage)
+    return UVTexture(image=filled.clamp(0, 1), confidence=conf)
+
+
+def frags_to_image(texels: Fragments, values: Tensor, size: int) -> Tensor:
+    """Scatter per-texel values (N, C) into a (C, size, size) map, zero elsewhere."""
+    return texels.scatter(values)[0]

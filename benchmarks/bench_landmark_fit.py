@@ -1,0 +1,64 @@
+"""Time of a landmark-stage fit of one photo in a fresh process, model loading included
+(issue: under 10 s on this CPU). Prints the breakdown and writes benchmarks/results/landmark-fit.txt.
+
+    python benchmarks/bench_landmark_fit.py [PHOTO]
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from ganfit.face.detection import default_detector  # noqa: E402
+from ganfit.fit.landmark_stage import fit_landmarks  # noqa: E402
+from ganfit.fit.settings import LandmarkStageSettings  # noqa: E402
+from ganfit.face.detection import find_face  # noqa: E402
+from ganfit.io.images import load_photo  # noqa: E402
+from ganfit.io.samples import sample_photo  # noqa: E402
+from ganfit.models.shape_model import load_default_shape_model  # noqa: E402
+
+
+def main() -> None:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else sample_photo("grace_hopper")
+    marks = [("python + torch + ganfit imports", time.perf_counter())]
+    model = load_default_shape_model()
+    marks.append(("shape model load", time.perf_counter()))
+    detector = default_detector()
+    detector.predictor  # loads the 68-point model now, so its time shows on its own line
+    marks.append(("dlib models load", time.perf_counter()))
+    photo = load_photo(path)
+    marks.append(("photo load", time.perf_counter()))
+    face = find_face(photo, None, detector)
+    marks.append(("face detection + 68 landmarks", time.perf_counter()))
+    settings = LandmarkStageSettings()
+    w, h = photo.size
+    fit = fit_landmarks(
+        model,
+        torch.as_tensor(face.landmarks)[None],
+        torch.tensor([[w, h]], dtype=torch.float32),
+        torch.tensor([settings.default_focal]),
+        settings,
+    )
+    marks.append((f"landmark fit ({settings.steps} Adam steps)", time.perf_counter()))
+    lines = [f"landmark-stage fit of {path.name}, fresh process, {torch.get_num_threads()} threads"]
+    prev = START
+    for name, t in marks:
+        lines.append(f"  {name:<36} {t - prev:6.2f} s")
+        prev = t
+    lines.append(f"  {'total (process start to fit)':<36} {prev - START:6.2f} s   (target < 10 s)")
+    lines.append(f"  landmark error {float(fit.error_iod[0]):.2%} of the outer-eye-corner distance")
+    text = "\n".join(lines)
+    print(text)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "landmark-fit.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The command line as a user meets it: real photos, real models, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganfit.cli import main
+
+FAST = ["--steps", "120", "--lighting-steps", "5", "--texture-size", "64", "-q", "--no-exports"]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ganfit", *args], capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(stderr: str, *needles: str) -> None:
+    lines = [l for l in stderr.strip().splitlines() if not l.startswith("WARNING")]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("ganfit: error: ")
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_reconstruct_writes_the_result_folder(grace_path: Path, tmp_path: Path):
+    out = tmp_path / "grace"
+    proc = _run(["reconstruct", str(grace_path), "-o", str(out), "--steps", "150", "--lighting-steps", "10", "--texture-size", "128"])
+    assert proc.returncode == 0, proc.stderr
+    assert "landmark error" in proc.stdout
+    for name in ("result.json", "head.npz", "texture.png", "preview.png", "head.obj", "head.mtl", "head.glb"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "result.json").read_text())
+    assert meta["format"] == "ganfit-result"
+    assert Image.open(out / "preview.png").size == (512, 600)
+    assert not [p for p in tmp_path.iterdir() if p.name != "grace"]  # no temp folders left
+
+
+def test_info_lists_models_and_devices(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "devices: cpu" in text
+    assert "shape_model" not in text and "anny" in text.lower()
+    assert "shape_predictor_68_face_landmarks.dat" in text
+    assert main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert Path(data["models"]["shape"]["path"]).is_file()
+
+
+def test_missing_photo(tmp_path: Path, capsys):
+    assert main(["reconstruct", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys.readouterr().err, "nope.jpg", "not found")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b"hello, not an image\n", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40])
+def test_not_an_image_or_corrupt(tmp_path: Path, capsys, content: bytes):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(content)
+    assert main(["reconstruct", str(bad), "-o", str(tmp_path / "out"), *FAST]) == 2
+    _one_line_error(capsys.readouterr().err, "bad.jpg")
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_face(coffee_path: Path, tmp_path: Path, capsys):
+    assert main(["reconstruct", str(coffee_path), "-o", str(tmp_path / "out"), *FAST]) == 2
+    _one_line_error(capsys.readouterr().err, "coffee", "no face")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_face(grace_path: Path, tmp_path: Path, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.open(grace_path).resize((40, 47)).save(tiny)
+    assert main(["reconstruct", str(tiny), "-o", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, "tiny.png")
+    assert "no face" in err or "small" in err
+
+
+def test_several_faces_uses_largest_and_face_option_chooses(two_faces_path: Path, tmp_path: Path):
+    proc = _run(["reconstruct", str(two_faces_path), "-o", str(tmp_path / "a"), *FAST])
+    assert proc.returncode == 0, proc.stderr
+    assert "2 faces" in proc.stderr and "--face" in proc.stderr
+    a = json.loads((tmp_path / "a" / "result.json").read_text())
+    proc = _run(["reconstruct", str(two_faces_path), "-o", str(tmp_path / "b"), "--face", "1", *FAST])
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert a["settings"]["face"] == 0 and b["settings"]["face"] == 1
+    assert a["camera"]["position"] != b["camera"]["position"]
+    proc = _run(["reconstruct", str(two_faces_path), "-o", str(tmp_path / "c"), "--face", "5", *FAST])
+    assert proc.returncode == 2
+    _one_line_error(proc.stderr, "two_faces")
+
+
+def test_existing_output_refused_then_forced(grace_path: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text("{}")
+    assert main(["reconstruct", str(grace_path), "-o", str(out), *FAST]) == 2
+    _one_line_error(capsys.readouterr().err, "out", "--force")
+    assert (out / "result.json").read_text() == "{}"
+    assert main(["reconstruct", str(grace_path), "-o", str(out), "--force", *FAST]) == 0
+    assert json.loads((out / "result.json").read_text())["format"] == "ganfit-result"
+
+
+def test_unwritable_output_location(grace_path: Path, tmp_path: Path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["reconstruct", str(grace_path), "-o", str(blocker / "out"), *FAST]) == 2
+    _one_line_error(capsys.readouterr().err, "file")
+
+
+@pytest.mark.parametrize("args,needle", [(["--steps", "0"], "--steps"), (["--face", "-1"], "--face"), (["--texture-size", "5"], "--texture-size")])
+def test_bad_settings(grace_path: Path, tmp_path: Path, capsys, args, needle):
+    assert main(["reconstruct", str(grace_path), "-o", str(tmp_path / "out"), *args]) == 2
+    _one_line_error(capsys.readouterr().err, needle)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(grace_path: Path, tmp_path: Path, capsys):
+    assert main(["reconstruct", str(grace_path), "-o", str(tmp_path / "out"), "--device", "cuda", *FAST]) == 2
+    _one_line_error(capsys.readouterr().err, "cuda", "--device cpu")
+
+
+def test_batch_continues_after_a_bad_photo(grace_path: Path, coffee_path: Path, tmp_path: Path):
+    proc = _run(["reconstruct", str(grace_path), str(coffee_path), "-o", str(tmp_path / "out"), *FAST])
+    assert proc.returncode == 1
+    assert (tmp_path / "out" / "grace_hopper" / "result.json").is_file()
+    assert not (tmp_path / "out" / "coffee").exists()
+    assert "1 of 2 photos failed" in proc.stderr

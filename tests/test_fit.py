@@ -1,0 +1,127 @@
+"""Fitting (paper 3.4) on real photos with the real head model, renderer and dlib."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganfit.fit.pose import HeadPose, axis_angle_to_matrix
+from ganfit.fit.reconstruct import Reconstructor
+from ganfit.fit.settings import AppearanceStageSettings, FitSettings
+from ganfit.fit.texture_projection import mirror_vertex_index, project_photo_to_uv, push_pull_fill
+from ganfit.io.images import load_photo
+from ganfit.models.shape_model import load_default_shape_model
+from ganfit.render import MeshRenderer, PointLight
+
+FAST = FitSettings(appearance=AppearanceStageSettings(steps=10, texture_size=256))
+
+
+@pytest.fixture(scope="module")
+def reconstructor(face_detector) -> Reconstructor:
+    return Reconstructor(FAST, detector=face_detector)
+
+
+def test_axis_angle_matches_known_rotation():
+    r = axis_angle_to_matrix(torch.tensor([[0.0, np.pi / 2, 0.0]]))
+    # A quarter turn about y takes +z to +x.
+    assert torch.allclose(r[0] @ torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(axis_angle_to_matrix(torch.zeros(1, 3)), torch.eye(3)[None])
+
+
+def test_pose_camera_reproduces_the_pose_projection():
+    """The paper's camera (position, look-at, up) made from a pose projects like the pose."""
+    g = torch.Generator().manual_seed(0)
+    pose = HeadPose(
+        rotation=torch.randn(2, 3, generator=g) * 0.3,
+        offset=torch.randn(2, 2, generator=g) * 0.1,
+        log_depth=torch.log(torch.tensor([0.8, 1.5])),
+        focal=torch.tensor([1.2, 2.0]),
+    )
+    pts = torch.randn(2, 10, 3, generator=g) * 0.1
+    cam_pts = torch.einsum("bij,bnj->bni", pose.rotation_matrix(), pts) + pose.translation()[:, None]
+    direct = torch.stack([cam_pts[..., 0] / cam_pts[..., 2], cam_pts[..., 1] / cam_pts[..., 2]], -1)
+    direct = direct * (pose.focal * 640)[:, None, None] + torch.tensor([320.0, 240.0])
+    via_camera = pose.camera().project(pts, 640, 480)[..., :2]
+    assert torch.allclose(direct, via_camera, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["grace_path", "astronaut_path"])
+def test_landmark_stage_is_accurate(name: str, request, reconstructor: Reconstructor):
+    photo = load_photo(request.getfixturevalue(name))
+    face, fit = reconstructor.fit_landmark_stage(photo)
+    measured = (fit.projected[0] - torch.as_tensor(face.landmarks)).norm(dim=-1).mean() / face.interocular
+    assert float(measured) == pytest.approx(float(fit.error_iod[0]), rel=1e-5)
+    assert float(measured) <= 0.03
+    assert fit.losses[-1] < fit.losses[0]
+
+
+def test_fitting_is_deterministic_on_cpu(grace_path: Path, reconstructor: Reconstructor):
+    photo = load_photo(grace_path)
+    a = reconstructor.fit_landmark_stage(photo)[1]
+    b = reconstructor.fit_landmark_stage(photo)[1]
+    assert torch.equal(a.identity, b.identity)
+    assert torch.equal(a.expression, b.expression)
+    assert a.losses == b.losses
+
+
+def test_push_pull_fills_holes_smoothly():
+    image = torch.zeros(3, 16, 16)
+    image[:, :, :8] = 1.0
+    weight = torch.zeros(1, 16, 16)
+    weight[:, :, :3] = 1.0  # only a left strip is known
+    weight[:, :, 13:] = 1.0  # and a right strip (value 0)
+    filled = push_pull_fill(image, weight)
+    assert torch.allclose(filled[:, :, :3], image[:, :, :3])
+    assert torch.allclose(filled[:, :, 13:], image[:, :, 13:])
+    row = filled[0, 8]
+    assert bool((row[1:] <= row[:-1] + 1e-6).all())  # a monotone ramp between the strips
+    assert 0.0 < float(row[8]) < 1.0
+
+
+def test_mirror_index_pairs_left_and_right():
+    model = load_default_shape_model()
+    mirror = mirror_vertex_index(model.mean)
+    err = (model.mean[mirror] * torch.tensor([-1.0, 1.0, 1.0]) - model.mean).norm(dim=-1)
+    assert float(err.median()) < 1e-4  # the head is left/right symmetric
+    assert float((mirror[mirror] == torch.arange(len(mirror))).float().mean()) > 0.95
+
+
+def test_projection_recovers_the_albedo_of_a_rendered_head():
+    """Render the head with a known texture and light, project it back: the albedo returns."""
+    model = load_default_shape_model()
+    verts = model.mean[None]
+    lo, hi = model.mean.amin(0), model.mean.amax(0)
+    centre = (lo + hi) / 2
+    from ganfit.render import Camera
+
+    cam = Camera(centre[None] + torch.tensor([[0.1, 0.05, 0.9]]), centre[None], torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([1.5]))
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 128), torch.linspace(0, 1, 128), indexing="ij")
+    texture = torch.stack([0.3 + 0.5 * xs, 0.2 + 0.6 * ys, 0.5 + 0.3 * xs * ys])[None]
+    light = PointLight(centre[None] + torch.tensor([[0.5, 0.5, 1.0]]), torch.tensor([[0.7, 0.6, 0.5]]), torch.tensor([[0.3, 0.35, 0.4]]))
+    photo = MeshRenderer(model.faces, model.uvs, model.uv_faces)(verts, texture, cam, light, 400, 400).image[0]
+    uv = project_photo_to_uv(photo, verts[0], model.faces, model.uvs, model.uv_faces, cam, mirror_vertex_index(model.mean), 128, light)
+    seen = uv.confidence[0] > 0.99
+    assert float(seen.float().mean()) > 0.02  # the face is a small island of the UV atlas
+    err = (uv.image - texture[0]).abs().mean(0)[seen]
+    assert float(err.mean()) < 0.02
+
+
+def test_full_reconstruction_result(grace_path: Path, reconstructor: Reconstructor):
+    result = reconstructor.reconstruct(grace_path)
+    result.validate()
+    assert result.landmark_error_iod <= 0.03
+    assert result.texture.shape == (256, 256, 3)
+    assert result.preview.shape == (600, 512, 3)
+    # The lit render over the face resembles the photo: mean abs difference inside the face.
+    photo = load_photo(grace_path).pixels.astype(np.float32)
+    lm = result.landmarks_2d
+    x0, y0 = lm.min(0).astype(int)
+    x1, y1 = lm.max(0).astype(int)
+    diff = np.abs(result.preview[y0:y1, x0:x1].astype(np.float32) - photo[y0:y1, x0:x1]).mean() / 255
+    assert diff < 0.1  # at 256 px the face island is ~75 px wide, so the render is blurred
+    assert np.all(np.isfinite(result.light.position))
+    assert 0 <= result.expression_weights.min() and result.expression_weights.max() <= 1
