@@ -213,3 +213,14 @@ def test_rasterize_empty_when_behind_camera():
     frags = rasterize(screen, torch.tensor([[0, 1, 2]]), 8, 8)
     assert frags.pixel_index.numel() == 0
     assert math.isclose(float(frags.mask().sum()), 0.0)
+
+
+def test_window_renders_a_crop_of_the_full_view():
+    """Rendering a crop window at 2x equals the matching region of a 2x larger full render."""
+    v, f, uv, tex, _ = _scene(dtype=torch.float64)
+    renderer = MeshRenderer(f, uv, f)
+    cam = _front_camera(2.0, 1.2)
+    light = _light((0.8, 0.6, 2.0))
+    full = renderer(v[None], tex, cam, light, 80, 80)  # photo 40x40 rendered at 2x
+    crop = renderer(v[None], tex, cam, light, 40, 40, image_size=(40, 40), window=(10.0, 10.0, 30.0, 30.0))
+    assert torch.allclose(crop.image, full.image[:, :, 20:60, 20:60], atol=1e-9)
