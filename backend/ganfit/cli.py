@@ -167,7 +167,7 @@ def info_dict() -> dict[str, Any]:
 
     from .face.detection import FaceDetector
     from .fit.reconstruct import TEXTURE_MODEL
-    from .models.shape_model import default_model_path, load_default_shape_model
+    from .models.shape_model import DEFAULT_MODEL_FILE, load_default_shape_model
 
     devices = ["cpu"]
     if torch.cuda.is_available():
@@ -185,7 +185,7 @@ def info_dict() -> dict[str, Any]:
         model = load_default_shape_model()
         models["shape"] = {
             "name": model.name,
-            "path": str(default_model_path()),
+            "path": str(DEFAULT_MODEL_FILE),
             "vertices": int(model.mean.shape[0]),
             "identity": model.num_identity,
             "expression": model.num_expression,
