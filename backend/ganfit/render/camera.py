@@ -61,12 +61,12 @@ class Camera:
         (out_width, out_height), coordinates are those of that crop resampled to the output size:
         this is how the fitting renders a face crop at 224 x 224 without changing the camera.
         """
-        cam = self.world_to_camera(points)
-        z = cam[..., 2]
+        cam_x, cam_y, z = self.world_to_camera(points).unbind(-1)
         f_px = (self.focal * width)[:, None]
         safe_z = torch.where(z.abs() < _EPS, torch.full_like(z, _EPS), z)
-        x = f_px * cam[..., 0] / safe_z + 0.5 * width
-        y = f_px * cam[..., 1] / safe_z + 0.5 * height
+        scale = f_px / safe_z
+        x = cam_x * scale + 0.5 * width
+        y = cam_y * scale + 0.5 * height
         if window is not None:
             x0, y0, x1, y1 = window
             out_w, out_h = out_size if out_size is not None else (width, height)

@@ -18,8 +18,6 @@ import torch
 from torch import Tensor
 
 _NEAR = 1e-6
-# Grid sizes of the broadcast candidate test; a wider triangle enumerates its own box.
-_GRID_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,7 @@ class Fragments:
     batch_size: int
     height: int
     width: int
+    attributes: Tensor | None = None  # (N, C) attributes interpolated by ``rasterize``
 
     def scatter(self, values: Tensor, background: float | Tensor = 0.0) -> Tensor:
         """Place per-sample values (N, C) into images (B, C, H, W)."""
@@ -77,48 +76,40 @@ def _edge_planes(xy: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([bary, inv_depth], -2), area2
 
 
-def _covered_small(
-    planes: Tensor, j0: Tensor, i0: Tensor, size: int, width: int, height: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Test a size x size pixel grid per triangle by broadcasting, keep the covered pixels.
+def _covered_spans(planes: Tensor, i0: Tensor, bh: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scan conversion: for every (triangle, pixel row) the exact span of covered pixel centres.
 
-    Returns (triangle row, pixel x, pixel y, 1/depth) of the covered pixel centres only.
+    Each edge function a x + b y + c >= 0 bounds x from one side on a given row, so the
+    covered columns follow without testing any pixel that is not covered. Returns (triangle
+    row, pixel x, pixel y, 1/depth) of every covered pixel centre.
     """
-    d = torch.arange(size, device=planes.device)
-    dd = d.to(planes.dtype)
-    # Plane values at each grid's first pixel centre, then steps along x and y.
-    base = planes[..., 0] * (j0.to(planes.dtype)[:, None] + 0.5) + planes[..., 1] * (i0.to(planes.dtype)[:, None] + 0.5)
-    base = base + planes[..., 2]  # (T, 4)
-    col = base[..., None] + planes[..., 1, None] * dd  # (T, 4, size) along y
-    vals = col[..., :, None] + (planes[..., 0, None] * dd)[..., None, :]  # (T, 4, size, size)
-    inside = vals[:, :3].amin(1) >= -1e-6
-    inside &= ((j0[:, None] + d) < width)[:, None, :] & ((i0[:, None] + d) < height)[:, :, None]
-    flat = torch.nonzero(inside.reshape(-1)).squeeze(1)
-    cells = size * size
-    row = flat // cells
-    cell = flat - row * cells
-    py = i0[row] + cell // size
-    px = j0[row] + cell % size
-    inv_depth = vals[:, 3].reshape(-1)[flat]
-    return row, px, py, inv_depth
-
-
-def _covered_general(
-    planes: Tensor, j0: Tensor, i0: Tensor, bw: Tensor, bh: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Enumerate each triangle's own bounding box (for the few large triangles)."""
-    counts = (bw * bh).long()
-    total = int(counts.sum())
-    row = torch.repeat_interleave(torch.arange(planes.shape[0], device=planes.device), counts, output_size=total)
-    offset = torch.arange(total, device=planes.device) - (torch.cumsum(counts, 0) - counts)[row]
-    width = bw.long()[row]
-    px = j0[row] + offset % width
-    py = i0[row] + offset // width
-    pl = planes[row]
-    vals = pl[..., 0] * (px.to(planes.dtype)[:, None] + 0.5) + pl[..., 1] * (py.to(planes.dtype)[:, None] + 0.5)
-    vals = vals + pl[..., 2]
-    keep = torch.nonzero(vals[:, :3].amin(1) >= -1e-6).squeeze(1)
-    return row[keep], px[keep], py[keep], vals[keep, 3]
+    device = planes.device
+    counts = bh.long()
+    tri = torch.repeat_interleave(torch.arange(planes.shape[0], device=device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    py = i0.index_select(0, tri) + (torch.arange(tri.shape[0], device=device) - first.index_select(0, tri))
+    y = py.to(planes.dtype) + 0.5
+    p = planes.index_select(0, tri)  # (P, 4, 3)
+    a = p[:, :3, 0]
+    rest = p[:, :3, 1] * y[:, None] + p[:, :3, 2]
+    # Inclusive by a hair, so pixel centres on a shared edge go to both triangles (the
+    # z-buffer picks one) rather than to neither.
+    slack = -1e-6 - rest
+    safe_a = torch.where(a == 0, torch.ones_like(a), a)
+    bound = slack / safe_a
+    inf = torch.full_like(bound, float("inf"))
+    lower = torch.where(a > 0, bound, -inf).amax(1)
+    upper = torch.where(a < 0, bound, inf).amin(1)
+    level_ok = torch.where(a == 0, rest >= -1e-6, torch.ones_like(a, dtype=torch.bool)).all(1)
+    jl = torch.ceil(lower - 0.5).clamp_min(0)
+    jr = torch.floor(upper - 0.5).clamp_max(width - 1)
+    span = ((jr - jl + 1).clamp_min(0) * level_ok).long()
+    pair = torch.repeat_interleave(torch.arange(span.shape[0], device=device), span)
+    start = torch.cumsum(span, 0) - span
+    px = jl.long().index_select(0, pair) + (torch.arange(pair.shape[0], device=device) - start.index_select(0, pair))
+    depth_plane = p[:, 3].index_select(0, pair)  # (N, 3)
+    inv_depth = depth_plane[:, 0] * (px.to(planes.dtype) + 0.5) + depth_plane[:, 1] * y.index_select(0, pair) + depth_plane[:, 2]
+    return tri.index_select(0, pair), px, py.index_select(0, pair), inv_depth
 
 
 @torch.no_grad()
@@ -129,7 +120,8 @@ def _visible_triangles(
     batch = screen.shape[0]
     num_faces = faces.shape[0]
     device = screen.device
-    tri = screen[:, faces].reshape(batch * num_faces, 3, 3)
+    offsets = (torch.arange(batch, device=device) * screen.shape[1])[:, None, None]
+    tri = screen.reshape(-1, 3).index_select(0, (faces[None] + offsets).reshape(-1)).reshape(batch * num_faces, 3, 3)
     xy = tri[..., :2]
     z = tri[..., 2]
     planes, area2 = _edge_planes(xy, z)
@@ -148,82 +140,84 @@ def _visible_triangles(
     empty = torch.zeros(0, dtype=torch.long, device=device)
     if keep.numel() == 0:
         return empty, empty
-    planes, j0, i0, bw, bh = planes[keep], j0[keep].long(), i0[keep].long(), bw[keep], bh[keep]
+    planes, i0, bh = planes.index_select(0, keep), i0.index_select(0, keep).long(), bh.index_select(0, keep)
     # Each kept triangle's flat pixel offset of its image and its index in `faces`.
     image_base = (keep // num_faces) * (height * width)
     face_id = keep % num_faces
 
-    # Most triangles of a face mesh cover a few pixels: test them on small fixed grids by
-    # broadcasting, one grid size per bucket of similar extents (so little of each grid is
-    # wasted), and enumerate the bounding boxes of the few large ones.
-    extent = torch.maximum(bw, bh).long()
-    parts: list[tuple[Tensor, Tensor, Tensor]] = []
-    lower = 0
-    for size in _GRID_SIZES:
-        idx = torch.nonzero((extent > lower) & (extent <= size)).squeeze(1)
-        lower = size
-        if idx.numel():
-            row, px, py, inv_depth = _covered_small(planes[idx], j0[idx], i0[idx], size, width, height)
-            row = idx[row]
-            parts.append((image_base[row] + py * width + px, face_id[row], inv_depth))
-    idx = torch.nonzero(extent > lower).squeeze(1)
-    if idx.numel():
-        row, px, py, inv_depth = _covered_general(planes[idx], j0[idx], i0[idx], bw[idx], bh[idx])
-        row = idx[row]
-        parts.append((image_base[row] + py * width + px, face_id[row], inv_depth))
-    if not parts:
-        return empty, empty
-    pixel, triangle, inv_depth = (torch.cat(x) if len(parts) > 1 else x[0] for x in zip(*parts))
-    # Behind the camera or at infinity: not a surface.
-    front = torch.nonzero(inv_depth > 0).squeeze(1)
-    pixel, triangle, inv_depth = pixel[front], triangle[front], inv_depth[front]
-
-    nearest = torch.full((batch * height * width,), float("-inf"), dtype=screen.dtype, device=device)
-    nearest.scatter_reduce_(0, pixel, inv_depth, reduce="amax")
-    winner = torch.nonzero(inv_depth == nearest[pixel]).squeeze(1)
-    # Ties (shared edges at equal depth) resolve to the larger triangle index: deterministic.
+    row, px, py, inv_depth = _covered_spans(planes, i0, bh, width)
+    pixel = image_base.index_select(0, row) + py * width + px
+    triangle = face_id.index_select(0, row)
+    # The z-buffer test and the choice of triangle in one scatter: for positive floats the bit
+    # pattern orders like the value, so (bits of 1/depth, triangle) packed into one int64
+    # compares nearest first, and ties (a shared edge at equal depth) go to the larger
+    # triangle index, deterministically. 1/depth > 0 holds: every kept triangle is in front.
+    bits = inv_depth.to(torch.float32).view(torch.int32).to(torch.int64)
+    key = (bits << 32) | triangle
     owner = torch.full((batch * height * width,), -1, dtype=torch.long, device=device)
-    owner.scatter_reduce_(0, pixel[winner], triangle[winner], reduce="amax")
+    owner.scatter_reduce_(0, pixel, key, reduce="amax")
     pixel_index = torch.nonzero(owner >= 0).squeeze(1)
-    return pixel_index, owner[pixel_index]
+    return pixel_index, owner.index_select(0, pixel_index) & 0xFFFFFFFF
 
 
 def rasterize(
-    screen: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool = False
+    screen: Tensor,
+    faces: Tensor,
+    height: int,
+    width: int,
+    cull_backfaces: bool = False,
+    attributes: Tensor | None = None,
+    corner_attributes: Tensor | None = None,
 ) -> Fragments:
     """Rasterise projected vertices (B, V, 3: pixel x, pixel y, depth) with triangles (F, 3).
 
     ``cull_backfaces`` skips triangles wound clockwise on screen (seen from behind when the
     mesh is wound counter-clockwise outward); it halves the work on closed meshes.
+
+    ``attributes`` (B, V, C), indexed by ``faces``, and ``corner_attributes`` (F, 3, D), given
+    per triangle corner (UVs with their own indexing, say), are interpolated in the same pass
+    into ``Fragments.attributes`` (N, C + D): one gather of whole triangles per pixel is much
+    cheaper than one gather per attribute.
     """
     pixel_index, triangle = _visible_triangles(screen, faces, height, width, cull_backfaces)
+    batch, num_vertices = screen.shape[:2]
     batch_index = pixel_index // (height * width)
     rest = pixel_index % (height * width)
     cx = (rest % width).to(screen.dtype) + 0.5
     cy = (rest // width).to(screen.dtype) + 0.5
 
-    vertex_ids = (faces[triangle] + batch_index[:, None] * screen.shape[1]).reshape(-1)
-    corners = screen.reshape(-1, 3).index_select(0, vertex_ids).reshape(-1, 3, 3)  # differentiable
-    xy = corners[..., :2]
-    z = corners[..., 2]
-    w = []
-    for k in range(3):
-        p = xy[:, (k + 1) % 3]
-        q = xy[:, (k + 2) % 3]
-        w.append((q[:, 0] - p[:, 0]) * (cy - p[:, 1]) - (q[:, 1] - p[:, 1]) * (cx - p[:, 0]))
-    screen_bary = torch.stack(w, -1)
-    screen_bary = screen_bary / screen_bary.sum(-1, keepdim=True)
-    # Perspective-correct barycentrics: weight by 1/z and renormalise.
+    # Per-triangle table (B*F, 3 corners, 3 + C + D), then one row per pixel (differentiable).
+    per_vertex = screen if attributes is None else torch.cat([screen, attributes.to(screen.dtype)], -1)
+    channels = per_vertex.shape[-1]
+    vertex_ids = (faces[None] + (torch.arange(batch, device=faces.device) * num_vertices)[:, None, None]).reshape(-1)
+    table = per_vertex.reshape(-1, channels).index_select(0, vertex_ids).reshape(batch * faces.shape[0], 3, channels)
+    if corner_attributes is not None:
+        extra = corner_attributes.to(screen.dtype)[None].expand(batch, -1, -1, -1).reshape(batch * faces.shape[0], 3, -1)
+        table = torch.cat([table, extra], -1)
+    rows = table.reshape(table.shape[0], -1).index_select(0, triangle + batch_index * faces.shape[0])
+    corners = rows.reshape(-1, 3, table.shape[-1])
+    # split/unbind rather than indexing: their backward is one cat/stack, where each indexed
+    # view would backpropagate through a zero-filled copy of the whole table.
+    x, y, z, attrs = corners.split([1, 1, 1, corners.shape[-1] - 3], dim=-1)
+    x, y, z = x.squeeze(-1), y.squeeze(-1), z.squeeze(-1)
+    # Edge function of the edge opposite each corner k, for all three corners at once.
+    px, py = x.roll(-1, dims=1), y.roll(-1, dims=1)
+    screen_bary = (x.roll(-2, dims=1) - px) * (cy[:, None] - py) - (y.roll(-2, dims=1) - py) * (cx[:, None] - px)
+    # Perspective-correct barycentrics: screen-space weights over z, renormalised (the common
+    # factor of the screen-space normalisation cancels).
     persp = screen_bary / z
     inv_depth = persp.sum(-1, keepdim=True)
     bary = persp / inv_depth
+    interpolated = (bary[..., None] * attrs).sum(1) if attrs.shape[-1] else None
+    depth = (screen_bary.sum(-1, keepdim=True) / inv_depth).squeeze(-1)
     return Fragments(
         pixel_index=pixel_index,
         triangle=triangle,
         batch=batch_index,
         bary=bary,
-        depth=1.0 / inv_depth.squeeze(-1),
-        batch_size=screen.shape[0],
+        depth=depth,
+        batch_size=batch,
         height=height,
         width=width,
+        attributes=interpolated,
     )

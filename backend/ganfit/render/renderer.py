@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .camera import Camera
 from .rasterizer import Fragments, rasterize
-from .shading import PhongMaterial, PointLight, interpolate, phong, sample_texture, vertex_normals
+from .shading import PhongMaterial, PointLight, phong, sample_texture, vertex_normals
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class MeshRenderer(nn.Module):
         self.register_buffer("faces", faces.long(), persistent=False)
         self.register_buffer("uvs", uvs.float(), persistent=False)
         self.register_buffer("uv_faces", uv_faces.long(), persistent=False)
+        self.register_buffer("corner_uvs", uvs.float()[uv_faces.long()], persistent=False)  # (F, 3, 2)
         self.material = material
 
     def forward(
@@ -70,11 +71,13 @@ class MeshRenderer(nn.Module):
             photo_w, photo_h = image_size
             crop = window if window is not None else (0.0, 0.0, float(photo_w), float(photo_h))
             screen = camera.project(vertices, photo_w, photo_h, window=crop, out_size=(width, height))
-        frags = rasterize(screen, self.faces, height, width, self.cull_backfaces)
-        # Position and normal share one gather.
-        geometry = interpolate(frags, torch.cat([vertices, vertex_normals(vertices, self.faces)], -1), self.faces)
-        position, normal = geometry[:, :3], geometry[:, 3:]
-        uv = interpolate(frags, self.uvs.to(vertices.dtype)[None], self.uv_faces)
+        normals = vertex_normals(vertices, self.faces)
+        frags = rasterize(
+            screen, self.faces, height, width, self.cull_backfaces,
+            attributes=torch.cat([vertices, normals], -1),
+            corner_attributes=self.corner_uvs,
+        )
+        position, normal, uv = frags.attributes.split([3, 3, 2], dim=-1)
         albedo = sample_texture(texture, uv, frags.batch)
         colour = phong(albedo, position, normal, frags.batch, light, camera.position, self.material)
         image = frags.scatter(colour, background)
