@@ -24,6 +24,20 @@ from ganfit.io.samples import sample_photo  # noqa: E402
 from ganfit.models.shape_model import load_default_shape_model  # noqa: E402
 
 
+def _seconds_since_process_start() -> float | None:
+    """Wall time since this process was created (Linux /proc), interpreter start-up included."""
+    try:
+        import os
+
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = float(fields[19]) / ticks  # field 22 of stat: start time after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else sample_photo("grace_hopper")
     marks = [("python + torch + ganfit imports", time.perf_counter())]
@@ -51,7 +65,10 @@ def main() -> None:
     for name, t in marks:
         lines.append(f"  {name:<36} {t - prev:6.2f} s")
         prev = t
-    lines.append(f"  {'total (process start to fit)':<36} {prev - START:6.2f} s   (target < 10 s)")
+    lines.append(f"  {'total (first import to fit)':<36} {prev - START:6.2f} s")
+    since_exec = _seconds_since_process_start()
+    if since_exec is not None:
+        lines.append(f"  {'total incl. interpreter start':<36} {since_exec:6.2f} s   (target < 10 s)")
     lines.append(f"  landmark error {float(fit.error_iod[0]):.2%} of the outer-eye-corner distance")
     text = "\n".join(lines)
     print(text)

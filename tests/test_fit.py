@@ -125,3 +125,19 @@ def test_full_reconstruction_result(grace_path: Path, reconstructor: Reconstruct
     assert diff < 0.1  # at 256 px the face island is ~75 px wide, so the render is blurred
     assert np.all(np.isfinite(result.light.position))
     assert 0 <= result.expression_weights.min() and result.expression_weights.max() <= 1
+
+
+def test_adam_matches_torch_adam():
+    from ganfit.fit.optim import Adam
+
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(5, generator=g)
+    ours = torch.zeros(5, requires_grad=True)
+    ref = torch.zeros(5, requires_grad=True)
+    opt_ours, opt_ref = Adam([ours], lr=0.05), torch.optim.Adam([ref], lr=0.05)
+    for _ in range(50):
+        for p, opt in ((ours, opt_ours), (ref, opt_ref)):
+            opt.zero_grad()
+            ((p - target) ** 4).sum().backward()
+            opt.step()
+    assert torch.allclose(ours, ref, atol=1e-6)

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..render import Camera, MeshRenderer, PointLight
+from .optim import Adam
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import AppearanceStageSettings
 
@@ -85,21 +86,21 @@ def fit_lighting(
     progress: ProgressFn = no_progress,
 ) -> LightingFit:
     """Fit point light position and colour, ambient colour and a skin albedo (batch 1)."""
-    dtype = vertices.dtype
+    dtype, device = vertices.dtype, vertices.device
     size = crop.image.shape[-1]
     region = crop.region
     pixels = crop.image[0][:, region[0, 0] > 0.5]
-    median = pixels.median(dim=1).values if pixels.numel() else torch.full((3,), 0.5, dtype=dtype)
+    median = pixels.median(dim=1).values if pixels.numel() else torch.full((3,), 0.5, dtype=dtype, device=device)
 
     centre = vertices.mean(1).detach()
     distance = (camera.position - centre).norm(dim=-1).detach()
     towards_camera = (camera.position - centre) / distance[:, None]
     direction = (towards_camera + 0.3 * camera.up).detach().clone().requires_grad_(True)
-    colour = torch.full((1, 3), 0.6, dtype=dtype).requires_grad_(True)
-    ambient = torch.full((1, 3), 0.4, dtype=dtype).requires_grad_(True)
+    colour = torch.full((1, 3), 0.6, dtype=dtype, device=device).requires_grad_(True)
+    ambient = torch.full((1, 3), 0.4, dtype=dtype, device=device).requires_grad_(True)
     albedo = (median / 1.0).clamp(0.05, 1.0).reshape(1, 3, 1, 1).clone().requires_grad_(True)
 
-    optimiser = torch.optim.Adam([direction, colour, ambient, albedo], lr=settings.learning_rate)
+    optimiser = Adam([direction, colour, ambient, albedo], lr=settings.learning_rate)
     losses: list[float] = []
     mask_total = region.sum().clamp_min(1.0)
     for step in range(settings.steps):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..models.shape_model import ShapeModel
 from .pose import HeadPose, initial_pose
+from .optim import Adam
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import LandmarkStageSettings
 
@@ -70,7 +71,7 @@ def fit_landmarks(
     exp_std = model.expression_std.to(dtype)
 
     rigid_steps = settings.steps // 3
-    optimiser = torch.optim.Adam(pose.parameters() + [identity, expression], lr=settings.learning_rate)
+    optimiser = Adam(pose.parameters() + [identity, expression], lr=settings.learning_rate)
     losses: list[float] = []
     for step in range(settings.steps):
         optimiser.zero_grad(set_to_none=True)
