@@ -13,12 +13,13 @@ START = time.perf_counter()
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from report import publish  # noqa: E402
+
 import torch  # noqa: E402
 
-from ganfit.face.detection import default_detector  # noqa: E402
+from ganfit.face.detection import default_detector, find_face  # noqa: E402
 from ganfit.fit.landmark_stage import fit_landmarks  # noqa: E402
 from ganfit.fit.settings import LandmarkStageSettings  # noqa: E402
-from ganfit.face.detection import find_face  # noqa: E402
 from ganfit.io.images import load_photo  # noqa: E402
 from ganfit.io.samples import sample_photo  # noqa: E402
 from ganfit.models.shape_model import load_default_shape_model  # noqa: E402
@@ -70,11 +71,7 @@ def main() -> None:
     if since_exec is not None:
         lines.append(f"  {'total incl. interpreter start':<36} {since_exec:6.2f} s   (target < 10 s)")
     lines.append(f"  landmark error {float(fit.error_iod[0]):.2%} of the outer-eye-corner distance")
-    text = "\n".join(lines)
-    print(text)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "landmark-fit.txt").write_text(text + "\n")
+    publish("landmark-fit", lines)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from report import publish
 
 from ganfit.models.shape_model import load_default_shape_model
 from ganfit.render import Camera, MeshRenderer, PointLight
@@ -86,11 +86,7 @@ def main() -> None:
     for size in args.sizes:
         fwd, total, best, cov = bench(size, device, args.repeats)
         lines.append(f"{size:>4}x{size:<4} | {fwd:10.1f} | {total:10.1f} | {best:8.1f} | {cov:11d}")
-    text = "\n".join(lines)
-    print(text)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"renderer-{device.type}.txt").write_text(text + "\n")
+    publish(f"renderer-{device.type}", lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import publish
 
 from ganfit.fit.reconstruct import Reconstructor
 from ganfit.io.images import load_photo
@@ -44,11 +45,7 @@ def main() -> int:
         passed = error <= TARGET
         ok &= passed
         lines.append(f"{path.name[:22]:<22} | {error:9.2%} | {regions} | {face.interocular:6.1f} | {seconds:5.2f} | {'yes' if passed else 'NO'}")
-    text = "\n".join(lines)
-    print(text)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "landmarks.txt").write_text(text + "\n")
+    publish("landmarks", lines)
     return 0 if ok else 1
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..face.detection import OUTER_EYE_CORNERS
 from ..models.shape_model import ShapeModel
 from .pose import HeadPose, initial_pose
 from .optim import Adam
@@ -22,7 +23,6 @@ from .settings import LandmarkStageSettings
 
 log = logging.getLogger(__name__)
 
-LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
 
 
 @dataclass
@@ -38,8 +38,9 @@ class LandmarkFit:
 
 
 def interocular(landmarks: Tensor) -> Tensor:
-    """Outer-eye-corner distance (B,) of (B, 68, 2) landmarks."""
-    return (landmarks[:, LEFT_EYE_OUTER] - landmarks[:, RIGHT_EYE_OUTER]).norm(dim=-1)
+    """Outer-eye-corner distance (B,) of (B, 68, 2) landmarks (the 300-W normaliser)."""
+    right, left = OUTER_EYE_CORNERS
+    return (landmarks[:, left] - landmarks[:, right]).norm(dim=-1)
 
 
 def fit_landmarks(
