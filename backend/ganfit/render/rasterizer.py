@@ -35,14 +35,17 @@ class Fragments:
     attributes: Tensor | None = None  # (N, C) attributes interpolated by ``rasterize``
 
     def scatter(self, values: Tensor, background: float | Tensor = 0.0) -> Tensor:
-        """Place per-sample values (N, C) into images (B, C, H, W)."""
+        """Place per-sample values (N, C) into images (B, C, H, W).
+
+        Written as a gather from [background; values] through a per-pixel row map: its
+        backward is one index_add, cheaper than index_copy's.
+        """
         channels = values.shape[-1]
-        flat = values.new_zeros(self.batch_size * self.height * self.width, channels)
-        if not isinstance(background, Tensor) or background.numel() == 1:
-            flat = flat + background
-        else:
-            flat = flat + background.reshape(1, channels).to(flat)
-        flat = flat.index_copy(0, self.pixel_index, values)
+        back = torch.as_tensor(background, dtype=values.dtype, device=values.device).reshape(-1)
+        rows = torch.cat([back.expand(channels)[None], values])
+        lookup = torch.zeros(self.batch_size * self.height * self.width, dtype=torch.long, device=values.device)
+        lookup[self.pixel_index] = torch.arange(1, values.shape[0] + 1, device=values.device)
+        flat = rows.index_select(0, lookup)
         return flat.reshape(self.batch_size, self.height, self.width, channels).permute(0, 3, 1, 2)
 
     def mask(self, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -52,28 +55,24 @@ class Fragments:
         return flat.reshape(self.batch_size, 1, self.height, self.width)
 
 
-def _edge_planes(xy: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+def _signed_area2(x: Tensor, y: Tensor) -> Tensor:
+    """Twice the signed screen area of triangles given corner coordinates x, y (T, 3)."""
+    return (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
+
+
+def _edge_planes(x: Tensor, y: Tensor, z: Tensor, area2: Tensor) -> Tensor:
     """Per-triangle planes over the screen: barycentric k = a_k x + b_k y + c_k, and 1/z likewise.
 
-    Returns (planes (..., 4, 3): rows are the three barycentrics and 1/z, columns a, b, c; and the
-    doubled signed area). Screen-space interpolation of 1/z is exact under perspective projection.
+    Corners x, y, z (T, 3). Returns planes (T, 4, 3): rows are the three barycentrics and 1/z,
+    columns a, b, c. Screen-space interpolation of 1/z is exact under perspective projection.
     """
-    rows = []
-    area2 = (xy[..., 1, 0] - xy[..., 0, 0]) * (xy[..., 2, 1] - xy[..., 0, 1]) - (
-        xy[..., 1, 1] - xy[..., 0, 1]
-    ) * (xy[..., 2, 0] - xy[..., 0, 0])
-    safe = torch.where(area2.abs() > 1e-12, area2, torch.ones_like(area2))
-    for k in range(3):
-        p = xy[..., (k + 1) % 3, :]
-        q = xy[..., (k + 2) % 3, :]
-        a = -(q[..., 1] - p[..., 1]) / safe
-        b = (q[..., 0] - p[..., 0]) / safe
-        c = ((q[..., 1] - p[..., 1]) * p[..., 0] - (q[..., 0] - p[..., 0]) * p[..., 1]) / safe
-        rows.append(torch.stack([a, b, c], -1))
-    bary = torch.stack(rows, -2)  # (..., 3, 3)
-    inv_z = 1.0 / z.clamp_min(_NEAR)
-    inv_depth = (bary * inv_z[..., :, None]).sum(-2, keepdim=True)  # (..., 1, 3)
-    return torch.cat([bary, inv_depth], -2), area2
+    # Corner k's barycentric is the edge function of the opposite edge p -> q over the area.
+    px, py = x.roll(-1, dims=1), y.roll(-1, dims=1)
+    dx, dy = x.roll(-2, dims=1) - px, y.roll(-2, dims=1) - py
+    inv_area = 1.0 / area2[:, None]
+    bary = torch.stack([-dy * inv_area, dx * inv_area, (dy * px - dx * py) * inv_area], -1)  # (T, 3, 3)
+    inv_depth = (bary / z.clamp_min(_NEAR)[:, :, None]).sum(1, keepdim=True)  # (T, 1, 3)
+    return torch.cat([bary, inv_depth], 1)
 
 
 def _covered_spans(planes: Tensor, i0: Tensor, bh: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -122,25 +121,25 @@ def _visible_triangles(
     device = screen.device
     offsets = (torch.arange(batch, device=device) * screen.shape[1])[:, None, None]
     tri = screen.reshape(-1, 3).index_select(0, (faces[None] + offsets).reshape(-1)).reshape(batch * num_faces, 3, 3)
-    xy = tri[..., :2]
-    z = tri[..., 2]
-    planes, area2 = _edge_planes(xy, z)
+    x, y, z = tri.unbind(-1)
+    area2 = _signed_area2(x, y)
 
     # Pixel centres j + 0.5 inside [min, max] give j in [ceil(min - 0.5), floor(max - 0.5)].
-    j0 = torch.ceil(xy[..., 0].amin(-1) - 0.5).clamp(0, width)
-    j1 = torch.floor(xy[..., 0].amax(-1) - 0.5).clamp(-1, width - 1)
-    i0 = torch.ceil(xy[..., 1].amin(-1) - 0.5).clamp(0, height)
-    i1 = torch.floor(xy[..., 1].amax(-1) - 0.5).clamp(-1, height - 1)
-    bw = (j1 - j0 + 1).clamp_min(0)
-    bh = (i1 - i0 + 1).clamp_min(0)
-    valid = (z.amin(-1) > _NEAR) & (area2.abs() > 1e-12) & (bw > 0) & (bh > 0)
+    j0 = torch.ceil(x.amin(-1) - 0.5).clamp(0, width)
+    j1 = torch.floor(x.amax(-1) - 0.5).clamp(-1, width - 1)
+    i0 = torch.ceil(y.amin(-1) - 0.5).clamp(0, height)
+    i1 = torch.floor(y.amax(-1) - 0.5).clamp(-1, height - 1)
+    valid = (z.amin(-1) > _NEAR) & (area2.abs() > 1e-12) & (j1 >= j0) & (i1 >= i0)
     if cull_backfaces:
         valid &= area2 < 0  # counter-clockwise seen from outside is clockwise in y-down pixels
     keep = torch.nonzero(valid).squeeze(1)
     empty = torch.zeros(0, dtype=torch.long, device=device)
     if keep.numel() == 0:
         return empty, empty
-    planes, i0, bh = planes.index_select(0, keep), i0.index_select(0, keep).long(), bh.index_select(0, keep)
+    x, y, z = tri.index_select(0, keep).unbind(-1)
+    planes = _edge_planes(x, y, z, area2.index_select(0, keep))
+    i0 = i0.index_select(0, keep).long()
+    bh = (i1.index_select(0, keep) + 1).long() - i0
     # Each kept triangle's flat pixel offset of its image and its index in `faces`.
     image_base = (keep // num_faces) * (height * width)
     face_id = keep % num_faces
@@ -196,8 +195,8 @@ def rasterize(
         table = torch.cat([table, extra], -1)
     rows = table.reshape(table.shape[0], -1).index_select(0, triangle + batch_index * faces.shape[0])
     corners = rows.reshape(-1, 3, table.shape[-1])
-    # split/unbind rather than indexing: their backward is one cat/stack, where each indexed
-    # view would backpropagate through a zero-filled copy of the whole table.
+    # split rather than indexing: its backward is one cat, where each indexed view would
+    # backpropagate through a zero-filled copy of the whole table.
     x, y, z, attrs = corners.split([1, 1, 1, corners.shape[-1] - 3], dim=-1)
     x, y, z = x.squeeze(-1), y.squeeze(-1), z.squeeze(-1)
     # Edge function of the edge opposite each corner k, for all three corners at once.
