@@ -66,7 +66,7 @@ def interpolate(fragments: Fragments, attributes: Tensor, attribute_faces: Tenso
     if batch > 1:
         idx = idx + (fragments.batch * num)[:, None]
     corner = attributes.reshape(batch * num, channels).index_select(0, idx.reshape(-1)).reshape(-1, 3, channels)
-    return (fragments.bary[..., None].to(corner.dtype) * corner).sum(1)
+    return torch.einsum("nk,nkc->nc", fragments.bary.to(corner.dtype), corner)
 
 
 def sample_texture(texture: Tensor, uv: Tensor, batch: Tensor) -> Tensor:
