@@ -141,3 +141,24 @@ def test_adam_matches_torch_adam():
             ((p - target) ** 4).sum().backward()
             opt.step()
     assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_exif_focal_length_sets_the_camera(grace_path: Path, tmp_path: Path, reconstructor: Reconstructor):
+    """A photo whose EXIF says 26 mm (35 mm equivalent) is fitted with that field of view."""
+    from PIL import Image
+
+    from ganfit.fit.reconstruct import photo_focal
+
+    image = Image.open(grace_path)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26
+    tagged = tmp_path / "tagged.jpg"
+    image.save(tagged, exif=exif, quality=95)
+    photo = load_photo(tagged)
+    assert photo.focal_35mm == 26
+    expected = 26 / 43.267 * np.hypot(512, 600) / 512
+    assert photo_focal(photo, 1.5) == pytest.approx(expected)
+    assert photo_focal(load_photo(grace_path), 1.5) == 1.5
+    face, fit = reconstructor.fit_landmark_stage(photo)
+    assert float(fit.pose.focal[0]) == pytest.approx(expected, rel=1e-6)
+    assert float(fit.error_iod[0]) <= 0.03

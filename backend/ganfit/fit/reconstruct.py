@@ -50,6 +50,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# The diagonal of a 36 x 24 mm frame: "35 mm equivalent" focal lengths are defined by it.
+FULL_FRAME_DIAGONAL_MM = 43.267
+
+
+def photo_focal(photo: Photo, default: float) -> float:
+    """Focal length / image width for a photo: from its EXIF 35 mm-equivalent focal length
+    when present (scaled by the image diagonal, which also covers cropped aspect ratios),
+    else ``default``."""
+    if photo.focal_35mm is None:
+        return default
+    width, height = photo.size
+    return photo.focal_35mm / FULL_FRAME_DIAGONAL_MM * float(np.hypot(width, height)) / width
+
+
 def _to_image(tensor: torch.Tensor) -> np.ndarray:
     """(3, H, W) float [0, 1] -> (H, W, 3) uint8."""
     return (tensor.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
@@ -92,7 +106,7 @@ class Reconstructor:
         width, height = photo.size
         landmarks = torch.as_tensor(face.landmarks, dtype=self.dtype, device=self.device)[None]
         image_size = torch.tensor([[width, height]], dtype=self.dtype, device=self.device)
-        focal = torch.tensor([settings.landmark.default_focal], dtype=self.dtype, device=self.device)
+        focal = torch.tensor([photo_focal(photo, settings.landmark.default_focal)], dtype=self.dtype, device=self.device)
         return face, fit_landmarks(self.model, landmarks, image_size, focal, settings.landmark, progress)
 
     def reconstruct_photo(self, photo: Photo, progress: ProgressFn = no_progress) -> Reconstruction:
@@ -161,7 +175,13 @@ class Reconstructor:
             texture_model=TEXTURE_MODEL,
             engine_version=__version__,
             losses={"landmarks": stage1.losses, "lighting": lighting.losses},
-            settings={**settings.to_dict(), "device": str(dev), "face": face.index, "faces_found": face.num_faces},
+            settings={
+                **settings.to_dict(),
+                "device": str(dev),
+                "face": face.index,
+                "faces_found": face.num_faces,
+                "focal_source": "exif" if photo.focal_35mm is not None else "default",
+            },
         )
         log.info("%s: reconstructed in %.1f s", photo.name, time.perf_counter() - started)
         return result

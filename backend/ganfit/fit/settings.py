@@ -14,9 +14,9 @@ class LandmarkStageSettings:
     learning_rate: float = 0.02
     identity_weight: float = 2e-5  # prior on identity coefficients in units of their std
     expression_weight: float = 1e-5  # prior pulling ARKit weights toward neutral
-    # Focal length / image width used when the photo carries no EXIF focal length. 1.5 is a
-    # short portrait lens (about 54 mm on full frame); the landmark loss cannot tell focal
-    # length from distance on one photo, so it is fixed rather than fitted.
+    # Focal length / image width used when the photo carries no EXIF 35 mm-equivalent focal
+    # length. 1.5 is a short portrait lens (about 54 mm on full frame); the landmark loss
+    # cannot tell focal length from distance on one photo, so it is fixed rather than fitted.
     default_focal: float = 1.5
 
 

@@ -75,6 +75,7 @@ class Photo:
     path: Path
     original_size: tuple[int, int]
     scale: float
+    focal_35mm: float | None = None  # EXIF FocalLengthIn35mmFilm, when the camera wrote it
 
     @property
     def name(self) -> str:
@@ -117,6 +118,7 @@ def load_photo(path: str | os.PathLike[str], max_side: int | None = 2048) -> Pho
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 pixels, original_size, scale = _decode(image, name, max_side)
+                focal_35mm = _exif_focal_35mm(image)
     except InputImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -147,7 +149,24 @@ def load_photo(path: str | os.PathLike[str], max_side: int | None = 2048) -> Pho
         "loaded %s: original %dx%d, pixels %dx%d (scale %.4f)",
         name, original_size[0], original_size[1], pixels.shape[1], pixels.shape[0], scale,
     )
-    return Photo(pixels=pixels, path=path, original_size=original_size, scale=scale)
+    return Photo(pixels=pixels, path=path, original_size=original_size, scale=scale, focal_35mm=focal_35mm)
+
+
+def _exif_focal_35mm(image: Image.Image) -> float | None:
+    """EXIF FocalLengthIn35mmFilm (tag 0xA405 in the Exif IFD) in mm, or None.
+
+    Phones and most cameras write it; it fixes the field of view, which one photo's landmarks
+    cannot tell apart from the distance to the face.
+    """
+    try:
+        value = image.getexif().get_ifd(0x8769).get(0xA405)
+    except Exception:  # noqa: BLE001 - broken EXIF is common in edited photos; ignore it
+        return None
+    try:
+        focal = float(value)
+    except (TypeError, ValueError):
+        return None
+    return focal if 8.0 <= focal <= 2000.0 else None
 
 
 def _check_file(path: Path, name: str) -> None:
