@@ -20,6 +20,32 @@ from torch import Tensor
 _NEAR = 1e-6
 
 
+class _Interpolate(torch.autograd.Function):
+    """out[n] = sum_k bary[n, k] * corners[n, k, :], with a hand-written backward.
+
+    Autograd's backward of the batched product forms the corner gradient as a batched outer
+    product, the slowest part of the whole render's backward on CPU; an elementwise product
+    gives the same numbers in about half the time.
+    """
+
+    @staticmethod
+    def forward(ctx, bary: Tensor, corners: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(bary, corners)
+        return torch.bmm(bary[:, None, :], corners).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        bary, corners = ctx.saved_tensors
+        grad_bary = torch.bmm(corners, grad[:, :, None]).squeeze(-1) if ctx.needs_input_grad[0] else None
+        grad_corners = bary[:, :, None] * grad[:, None, :] if ctx.needs_input_grad[1] else None
+        return grad_bary, grad_corners
+
+
+def interpolate_corners(bary: Tensor, corners: Tensor) -> Tensor:
+    """Barycentric combination (N, C) of per-sample triangle corner values (N, 3, C)."""
+    return _Interpolate.apply(bary, corners.to(bary.dtype))
+
+
 @dataclass(frozen=True)
 class Fragments:
     """Visible surface samples of a batch of images, one row per covered pixel."""
@@ -195,14 +221,11 @@ def rasterize(
     channels = per_vertex.shape[-1]
     vertex_ids = (faces[None] + (torch.arange(batch, device=faces.device) * num_vertices)[:, None, None]).reshape(-1)
     table = per_vertex.reshape(-1, channels).index_select(0, vertex_ids).reshape(batch * faces.shape[0], 3, channels)
-    if corner_attributes is not None:
-        extra = corner_attributes.to(screen.dtype)[None].expand(batch, -1, -1, -1).reshape(batch * faces.shape[0], 3, -1)
-        table = torch.cat([table, extra], -1)
     rows = table.reshape(table.shape[0], -1).index_select(0, triangle + batch_index * faces.shape[0])
-    corners = rows.reshape(-1, 3, table.shape[-1])
+    corners = rows.reshape(-1, 3, channels)
     # split rather than indexing: its backward is one cat, where each indexed view would
     # backpropagate through a zero-filled copy of the whole table.
-    x, y, z, attrs = corners.split([1, 1, 1, corners.shape[-1] - 3], dim=-1)
+    x, y, z, attrs = corners.split([1, 1, 1, channels - 3], dim=-1)
     x, y, z = x.squeeze(-1), y.squeeze(-1), z.squeeze(-1)
     # Edge function of the edge opposite each corner k, for all three corners at once.
     px, py = x.roll(-1, dims=1), y.roll(-1, dims=1)
@@ -212,8 +235,14 @@ def rasterize(
     persp = screen_bary / z
     inv_depth = persp.sum(-1, keepdim=True)
     bary = persp / inv_depth
-    # einsum lowers to one batched product: about twice as fast as multiply-and-sum here.
-    interpolated = torch.einsum("nk,nkc->nc", bary, attrs) if attrs.shape[-1] else None
+    parts = []
+    if channels > 3:
+        parts.append(interpolate_corners(bary, attrs))
+    if corner_attributes is not None:
+        # Constant per-corner data (UVs): gathered apart, so no gradient buffer is made for it.
+        extra = corner_attributes.reshape(corner_attributes.shape[0], -1).index_select(0, triangle)
+        parts.append(interpolate_corners(bary, extra.reshape(-1, 3, corner_attributes.shape[-1])))
+    interpolated = (torch.cat(parts, -1) if len(parts) > 1 else parts[0]) if parts else None
     depth = (screen_bary.sum(-1, keepdim=True) / inv_depth).squeeze(-1)
     return Fragments(
         pixel_index=pixel_index,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rasterizer import Fragments
+from .rasterizer import Fragments, interpolate_corners
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def interpolate(fragments: Fragments, attributes: Tensor, attribute_faces: Tenso
     if batch > 1:
         idx = idx + (fragments.batch * num)[:, None]
     corner = attributes.reshape(batch * num, channels).index_select(0, idx.reshape(-1)).reshape(-1, 3, channels)
-    return torch.einsum("nk,nkc->nc", fragments.bary.to(corner.dtype), corner)
+    return interpolate_corners(fragments.bary, corner)
 
 
 def sample_texture(texture: Tensor, uv: Tensor, batch: Tensor) -> Tensor:
@@ -90,6 +90,14 @@ def sample_texture(texture: Tensor, uv: Tensor, batch: Tensor) -> Tensor:
     return colours.index_copy(0, order, values)
 
 
+def _per_sample(values: Tensor, batch: Tensor) -> Tensor:
+    """Per-image values (B, C) for each sample; a broadcast view when B = 1 (whose backward is
+    a cheap sum, where index_select's would be a serial scatter into one row)."""
+    if values.shape[0] == 1:
+        return values.expand(batch.shape[0], -1)
+    return values.index_select(0, batch)
+
+
 def phong(
     albedo: Tensor,
     position: Tensor,
@@ -104,15 +112,15 @@ def phong(
     n.l is computed as a dot product of the raw vectors over the product of their lengths,
     which saves normalising two (N, 3) arrays (and their backward) on the hot path.
     """
-    to_light = light.position.index_select(0, batch) - position
+    to_light = _per_sample(light.position, batch) - position
     lengths = ((normal * normal).sum(-1, keepdim=True) * (to_light * to_light).sum(-1, keepdim=True)).clamp_min(1e-24)
     n_dot_l = (normal * to_light).sum(-1, keepdim=True) * torch.rsqrt(lengths)
-    light_colour = light.colour.index_select(0, batch)
-    colour = albedo * (light.ambient.index_select(0, batch) + light_colour * n_dot_l.clamp_min(0.0))
+    light_colour = _per_sample(light.colour, batch)
+    colour = albedo * (_per_sample(light.ambient, batch) + light_colour * n_dot_l.clamp_min(0.0))
     if material.specular > 0:
         n = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         l_dir = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        to_eye = eye.index_select(0, batch) - position
+        to_eye = _per_sample(eye, batch) - position
         v_dir = to_eye / to_eye.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         reflect = 2 * n_dot_l * n - l_dir
         r_dot_v = (reflect * v_dir).sum(-1, keepdim=True).clamp_min(0.0)
