@@ -47,6 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rec.add_argument("-v", "--verbose", action="store_true", help="log each stage")
 
+    sub.add_parser("serve", help="JSON-lines protocol on stdin/stdout for the Blender add-on (docs/protocol.md)")
+
     info = sub.add_parser("info", help="versions, devices and where each model comes from")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
@@ -231,10 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Logs always go to stderr: in `serve`, stdout carries only protocol events.
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         if args.command == "reconstruct":
             return _reconstruct(args)
+        if args.command == "serve":
+            from .serve import serve
+
+            return serve()
         return _info(args)
     except GanfitError as exc:
         print(f"ganfit: error: {exc}", file=sys.stderr)

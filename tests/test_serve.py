@@ -1,0 +1,126 @@
+"""The serve protocol (engine side of the Blender seam) over real pipes with the real engine."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+FAST = {"steps": 60, "lighting_steps": 5, "texture_size": 64}
+
+
+class Engine:
+    """`python -m ganfit serve` as a child process, events read on a thread."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ganfit", "serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))  # every stdout line must be a JSON event
+        self.events.put(None)
+
+    def send(self, request: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+
+    def next(self, timeout: float = 120.0, skip_progress: bool = True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            assert event is not None, "engine exited"
+            if not (skip_progress and event["type"] == "progress"):
+                return event
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.send({"type": "shutdown"})
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = Engine()
+    ready = e.next()
+    assert ready["type"] == "ready" and ready["protocol"] == 1
+    yield e
+    assert e.close() == 0
+
+
+def test_reconstruct_reports_progress_and_writes_the_result(engine: Engine, grace_path: Path, tmp_path: Path):
+    out = tmp_path / "grace"
+    engine.send({"type": "reconstruct", "id": "r1", "photos": [str(grace_path)], "output": str(out), "options": FAST})
+    stages = set()
+    while True:
+        event = engine.next(skip_progress=False)
+        if event["type"] != "progress":
+            break
+        assert event["id"] == "r1" and 1 <= event["step"] <= event["total"]
+        stages.add(event["stage"])
+    assert event == {**event, "type": "done", "id": "r1", "result": str(out)}
+    assert {"detect", "landmarks", "lighting", "texture"} <= stages
+    assert (out / "result.json").is_file() and (out / "head.glb").is_file()
+
+
+def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_path: Path, tmp_path: Path):
+    out = tmp_path / "cancelled"
+    engine.send({"type": "reconstruct", "id": "r2", "photos": [str(grace_path)], "output": str(out),
+                 "options": {"steps": 100000}})
+    while engine.next(skip_progress=False)["type"] != "progress":
+        pass
+    engine.send({"type": "status", "id": "s"})
+    status = engine.next()
+    assert status["busy"] is True and status["job"]["id"] == "r2"
+    sent = time.monotonic()
+    engine.send({"type": "cancel", "id": "r2"})
+    event = engine.next()
+    assert event == {"type": "cancelled", "id": "r2"}
+    assert time.monotonic() - sent < 1.0
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir()]
+
+
+@pytest.mark.parametrize(
+    "request_,needle",
+    [
+        ({"type": "reconstruct", "id": "e1", "photos": ["/nonexistent/photo.jpg"], "output": "OUT"}, "not found"),
+        ({"type": "reconstruct", "id": "e2", "photos": ["COFFEE"], "output": "OUT"}, "no face"),
+        ({"type": "reconstruct", "id": "e3", "photos": ["GRACE"], "output": "OUT", "options": {"colour": 1}}, "unknown option"),
+        ({"type": "reconstruct", "id": "e4", "photos": [], "output": "OUT"}, "photos"),
+        ({"type": "frobnicate", "id": "e5"}, "unknown request type"),
+    ],
+)
+def test_errors_are_events_and_the_engine_keeps_serving(engine: Engine, request_, needle, grace_path, coffee_path, tmp_path):
+    request_ = json.loads(json.dumps(request_).replace("COFFEE", str(coffee_path)).replace("GRACE", str(grace_path)).replace('"OUT"', json.dumps(str(tmp_path / "out"))))
+    engine.send(request_)
+    event = engine.next()
+    assert event["type"] == "error" and event["id"] == request_["id"]
+    assert needle in event["message"] and "\n" not in event["message"]
+    assert not (tmp_path / "out").exists()
+    engine.send({"type": "status", "id": "after"})
+    assert engine.next()["busy"] is False
+
+
+def test_malformed_line_and_shutdown():
+    e = Engine()
+    assert e.next()["type"] == "ready"
+    e.proc.stdin.write("this is not json\n")
+    e.proc.stdin.flush()
+    event = e.next()
+    assert event["type"] == "error" and "JSON" in event["message"]
+    e.send({"type": "shutdown"})
+    assert e.next()["type"] == "bye"
+    assert e.proc.wait(timeout=30) == 0
