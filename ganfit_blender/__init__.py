@@ -1,0 +1,120 @@
+"""GANFit for Blender: import ganfit face reconstructions as a lit, camera-matched head.
+
+This add-on never imports torch: the engine runs as a separate process (later), and the
+result folders it writes are read here with numpy alone (``result_reader``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, StringProperty
+
+from . import result_reader, scene_import
+
+log = logging.getLogger(__name__)
+
+
+class GANFIT_OT_import_result(bpy.types.Operator):
+    """Import a ganfit result folder: head with expression shape keys, material, light,
+    ambient world and the fitted camera"""
+
+    bl_idname = "ganfit.import_result"
+    bl_label = "Import GANFit Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: StringProperty(  # type: ignore[valid-type]
+        name="Result folder",
+        description="Folder holding result.json, as written by ganfit reconstruct",
+        subtype="DIR_PATH",
+    )
+    filter_folder: BoolProperty(default=True, options={"HIDDEN"})  # type: ignore[valid-type]
+    match_engine_colour: BoolProperty(  # type: ignore[valid-type]
+        name="Match engine colours",
+        description=(
+            "Use the texture as raw data and set the scene's view transform to Raw, so renders "
+            "match the engine's own render; off: sRGB texture, colour management untouched"
+        ),
+        default=True,
+    )
+    set_world: BoolProperty(  # type: ignore[valid-type]
+        name="Ambient as world",
+        description="Replace the scene's world with one of the fitted ambient colour",
+        default=True,
+    )
+    set_scene_camera: BoolProperty(  # type: ignore[valid-type]
+        name="Use fitted camera",
+        description="Make the fitted camera the scene camera and set the render size to the photo's",
+        default=True,
+    )
+
+    def execute(self, context: Any) -> set[str]:
+        if not self.directory:
+            self.report({"ERROR"}, "Choose a ganfit result folder (the folder holding result.json)")
+            return {"CANCELLED"}
+        options = scene_import.ImportOptions(
+            match_engine_colour=self.match_engine_colour,
+            set_world=self.set_world,
+            set_scene_camera=self.set_scene_camera,
+        )
+        try:
+            built = scene_import.import_result(context, Path(bpy.path.abspath(self.directory)), options)
+        except result_reader.ResultError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except Exception as exc:  # a bug: report it, keep Blender's scene clean (already rolled back)
+            log.exception("import of %s failed", self.directory)
+            self.report({"ERROR"}, f"Import failed ({type(exc).__name__}: {exc}); see the system console")
+            return {"CANCELLED"}
+        for obj in context.view_layer.objects:
+            obj.select_set(False)
+        built.head.select_set(True)
+        context.view_layer.objects.active = built.head
+        self.report({"INFO"}, f"Imported {built.collection.name}")
+        return {"FINISHED"}
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+class GANFIT_PT_main(bpy.types.Panel):
+    """GANFit tab in the 3D viewport's sidebar."""
+
+    bl_label = "GANFit"
+    bl_idname = "GANFIT_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "GANFit"
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        layout.operator(GANFIT_OT_import_result.bl_idname, icon="IMPORT")
+        obj = context.active_object
+        if obj is not None and "ganfit_result" in obj:
+            layout.label(text=Path(str(obj["ganfit_result"])).name, icon="USER")
+            keys = obj.data.shape_keys if obj.type == "MESH" else None
+            if keys is not None:
+                layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys")
+
+
+_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main)
+
+
+def _menu_import(self: Any, context: Any) -> None:
+    self.layout.operator(GANFIT_OT_import_result.bl_idname, text="GANFit Result (folder)")
+
+
+def register() -> None:
+    for cls in _CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.TOPBAR_MT_file_import.append(_menu_import)
+
+
+def unregister() -> None:
+    bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
+    for cls in reversed(_CLASSES):
+        bpy.utils.unregister_class(cls)

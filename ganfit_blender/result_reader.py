@@ -1,0 +1,258 @@
+"""Read a ganfit result folder with numpy alone (no bpy, no torch, no Pillow).
+
+Blender bundles numpy but not the engine, so the add-on carries this small reader of the
+format specified in ``docs/result-format.md`` (version 1). The engine's own implementation is
+``ganfit.io.result``; ``tests/blender/test_result_reader.py`` checks that both read the same
+folder to the same values. Images are not decoded here: the texture and photo paths go
+straight to ``bpy.data.images.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RESULT_FORMAT",
+    "RESULT_VERSION",
+    "ResultError",
+    "CameraData",
+    "LightData",
+    "ResultData",
+    "read_result",
+    "model_to_blender",
+]
+
+log = logging.getLogger(__name__)
+
+RESULT_FORMAT = "ganfit-result"
+#: The newest result format version this add-on reads.
+RESULT_VERSION = 1
+RESULT_JSON = "result.json"
+
+_NPZ_DTYPES: dict[str, type] = {
+    "vertices": np.float32,
+    "neutral_vertices": np.float32,
+    "faces": np.int32,
+    "uvs": np.float32,
+    "uv_faces": np.int32,
+    "expression_deltas": np.float32,
+}
+
+#: (x, y, z) model space (y up, face toward +z) -> Blender (z up, face toward -y): the
+#: rotation Blender's glTF importer applies, (x, y, z) -> (x, -z, y).
+MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+class ResultError(Exception):
+    """The folder is not a readable ganfit result; the message says what to do."""
+
+
+def model_to_blender(points: np.ndarray) -> np.ndarray:
+    """Convert points or directions (..., 3) from model space to Blender space (float64)."""
+    return np.asarray(points, dtype=np.float64) @ MODEL_TO_BLENDER.T
+
+
+@dataclass(frozen=True)
+class CameraData:
+    """The fitted pinhole camera, model space; ``focal`` = focal length / image width."""
+
+    position: np.ndarray
+    look_at: np.ndarray
+    up: np.ndarray
+    focal: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class LightData:
+    """One point light (no distance falloff) plus ambient, linear RGB, model space."""
+
+    position: np.ndarray
+    colour: np.ndarray
+    ambient: np.ndarray
+
+
+@dataclass(frozen=True)
+class ResultData:
+    """What the scene import needs from a result folder."""
+
+    folder: Path
+    neutral_vertices: np.ndarray  # (V, 3) float32, model space
+    vertices: np.ndarray  # (V, 3) float32, fitted (neutral + weighted deltas)
+    faces: np.ndarray  # (F, 3) int32
+    uvs: np.ndarray  # (T, 2) float32, v up
+    uv_faces: np.ndarray  # (F, 3) int32 into uvs
+    expression_names: list[str]
+    expression_weights: np.ndarray  # (E,) float32
+    expression_deltas: np.ndarray  # (E, V, 3) float32
+    camera: CameraData
+    light: LightData
+    texture_path: Path
+    photo_path: Path | None  # the first source photo if it can still be found
+    preview_path: Path | None
+    engine_version: str
+
+    @property
+    def name(self) -> str:
+        """A readable name for the reconstruction: the folder's name."""
+        return self.folder.name or "ganfit"
+
+
+def _vec3(value: Any, what: str) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    if array.shape != (3,) or not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} must be 3 finite numbers")
+    return array
+
+
+def _locate(path: Path | str) -> Path:
+    path = Path(path)
+    if path.name == RESULT_JSON and path.is_file():
+        return path.parent
+    if not path.is_dir():
+        raise ResultError(f"{path}: no such result folder; choose the folder holding {RESULT_JSON}")
+    if not (path / RESULT_JSON).is_file():
+        raise ResultError(f"{path}: not a ganfit result folder ({RESULT_JSON} is missing)")
+    return path
+
+
+def _file(folder: Path, files: Any, role: str, required: bool) -> Path | None:
+    name = files.get(role) if isinstance(files, dict) else None
+    if name is None:
+        if required:
+            raise ResultError(f"{folder / RESULT_JSON}: damaged (files.{role} is missing)")
+        return None
+    if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", ".."):
+        raise ResultError(f"{folder / RESULT_JSON}: damaged (files.{role} = {name!r} is not a file name)")
+    path = folder / name
+    if not path.is_file():
+        if required:
+            raise ResultError(f"{path}: missing; the result folder is incomplete, reconstruct again")
+        return None
+    return path
+
+
+def _find_photo(folder: Path, photos: Any) -> Path | None:
+    """The first source photo, tried as written, relative to the result folder and its parent."""
+    if not isinstance(photos, list) or not photos or not isinstance(photos[0], str):
+        return None
+    written = Path(photos[0])
+    for candidate in (written, folder / written, folder.parent / written, folder / written.name):
+        if candidate.is_file():
+            return candidate.resolve()
+    log.info("source photo %s not found; the camera gets no background image", written)
+    return None
+
+
+def read_result(path: Path | str) -> ResultData:
+    """Read and check a result folder (or its result.json); raise ResultError if unusable."""
+    folder = _locate(path)
+    json_path = folder / RESULT_JSON
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultError(f"{json_path}: damaged ({exc}); reconstruct again") from exc
+    if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
+        raise ResultError(f"{json_path}: not a ganfit result (format is not {RESULT_FORMAT!r})")
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ResultError(f"{json_path}: damaged (format version {version!r} is not a positive integer)")
+    if version > RESULT_VERSION:
+        raise ResultError(
+            f"{folder}: written by a newer ganfit (result format version {version}, this add-on "
+            f"reads up to {RESULT_VERSION}); update the GANFit extension"
+        )
+    files = doc.get("files")
+    mesh_path = _file(folder, files, "mesh", True)
+    texture_path = _file(folder, files, "texture", True)
+    assert mesh_path is not None and texture_path is not None
+    try:
+        with np.load(mesh_path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in _NPZ_DTYPES}
+    except KeyError as exc:
+        raise ResultError(f"{mesh_path}: damaged (array {exc} missing); reconstruct again") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ResultError(f"{mesh_path}: damaged ({exc}); reconstruct again") from exc
+
+    try:
+        for name, dtype in _NPZ_DTYPES.items():
+            if arrays[name].dtype != dtype:
+                raise ValueError(f"{name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}")
+        cam, light = doc["camera"], doc["light"]
+        camera = CameraData(
+            position=_vec3(cam["position"], "camera.position"),
+            look_at=_vec3(cam["look_at"], "camera.look_at"),
+            up=_vec3(cam["up"], "camera.up"),
+            focal=float(cam["focal"]),
+            width=int(cam["width"]),
+            height=int(cam["height"]),
+        )
+        lights = LightData(
+            position=_vec3(light["position"], "light.position"),
+            colour=_vec3(light["colour"], "light.colour"),
+            ambient=_vec3(light["ambient"], "light.ambient"),
+        )
+        expressions = doc["expressions"]
+        names = [str(item["name"]) for item in expressions]
+        weights = np.array([item["weight"] for item in expressions], dtype=np.float32)
+        data = ResultData(
+            folder=folder,
+            neutral_vertices=arrays["neutral_vertices"],
+            vertices=arrays["vertices"],
+            faces=arrays["faces"],
+            uvs=arrays["uvs"],
+            uv_faces=arrays["uv_faces"],
+            expression_names=names,
+            expression_weights=weights,
+            expression_deltas=arrays["expression_deltas"],
+            camera=camera,
+            light=lights,
+            texture_path=texture_path,
+            photo_path=_find_photo(folder, doc.get("photos")),
+            preview_path=_file(folder, files, "preview", False),
+            engine_version=str(doc.get("engine_version", "")),
+        )
+        _check(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ResultError(f"{folder}: damaged ({exc}); reconstruct again") from exc
+    log.debug("read %s: %d vertices, %d expressions", folder, len(data.neutral_vertices), len(names))
+    return data
+
+
+def _check(data: ResultData) -> None:
+    """Raise ValueError on inconsistent sizes, indices or values."""
+    n_vert = data.neutral_vertices.shape[0]
+    if data.neutral_vertices.shape != (n_vert, 3) or n_vert == 0 or data.vertices.shape != (n_vert, 3):
+        raise ValueError(f"vertices have shapes {data.vertices.shape}, {data.neutral_vertices.shape}")
+    if data.faces.ndim != 2 or data.faces.shape[1] != 3 or data.faces.shape[0] == 0:
+        raise ValueError(f"faces have shape {data.faces.shape}")
+    if data.uv_faces.shape != data.faces.shape or data.uvs.ndim != 2 or data.uvs.shape[1] != 2:
+        raise ValueError(f"uvs {data.uvs.shape} / uv_faces {data.uv_faces.shape} do not fit faces {data.faces.shape}")
+    for name, array, count in (("faces", data.faces, n_vert), ("uv_faces", data.uv_faces, len(data.uvs))):
+        if array.min() < 0 or array.max() >= count:
+            raise ValueError(f"{name}: indices outside [0, {count})")
+    n_expr = len(data.expression_names)
+    if data.expression_deltas.shape != (n_expr, n_vert, 3) or data.expression_weights.shape != (n_expr,):
+        raise ValueError(
+            f"{n_expr} expression names but deltas of shape {data.expression_deltas.shape}"
+        )
+    if len(set(data.expression_names)) != n_expr:
+        raise ValueError("expression names are not unique")
+    for name in ("neutral_vertices", "vertices", "uvs", "expression_deltas", "expression_weights"):
+        if not np.all(np.isfinite(getattr(data, name))):
+            raise ValueError(f"{name} contains NaN or infinity")
+    cam = data.camera
+    if not (np.isfinite(cam.focal) and cam.focal > 0) or cam.width <= 0 or cam.height <= 0:
+        raise ValueError(f"camera focal {cam.focal} / size {cam.width}x{cam.height} is not positive")
+    forward = cam.look_at - cam.position
+    if np.linalg.norm(np.cross(forward, cam.up)) == 0:
+        raise ValueError("camera look_at equals position or up is parallel to the view")
