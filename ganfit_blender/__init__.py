@@ -13,7 +13,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import result_reader, scene_import
+from . import expressions, result_reader, scene_import
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class GANFIT_PT_main(bpy.types.Panel):
                 layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys")
 
 
-_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main)
+_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES)
 
 
 def _menu_import(self: Any, context: Any) -> None:

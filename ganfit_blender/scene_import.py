@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import bpy
+
+from .expressions import FITTED_PROPERTY
 import numpy as np
 from mathutils import Matrix, Vector
 
@@ -172,6 +174,8 @@ def _build_head(name: str, data: ResultData, material: Any, created: _Created) -
         key.value = float(weight)
     if mesh.shape_keys is not None:
         mesh.shape_keys.name = f"{name} expressions"  # freed with the mesh on cleanup
+    # The fitted weights, for the panel's "Fitted" button after the artist moved the sliders.
+    obj[FITTED_PROPERTY] = {n: float(w) for n, w in zip(data.expression_names, data.expression_weights)}
     return obj
 
 

@@ -1,0 +1,111 @@
+"""Expression sliders: the 52 ARKit shape keys grouped as artists look for them, with buttons
+to go back to neutral or to the fitted expression (issue 3, item 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+#: Custom property on the head object: {shape key name: fitted weight}, set on import.
+FITTED_PROPERTY = "ganfit_fitted_expression"
+
+#: Panel groups by ARKit name prefix, in the order they are drawn.
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Brows", ("brow",)),
+    ("Eyes", ("eye",)),
+    ("Cheeks", ("cheek",)),
+    ("Nose", ("nose",)),
+    ("Jaw", ("jaw",)),
+    ("Mouth", ("mouth",)),
+    ("Tongue", ("tongue",)),
+)
+
+
+def group_of(name: str) -> str:
+    """The panel group of an ARKit shape key name ('Other' for anything unknown)."""
+    for group, prefixes in GROUPS:
+        if name.startswith(prefixes):
+            return group
+    return "Other"
+
+
+def ganfit_head(context: Any) -> Any | None:
+    """The active object if it is an imported GANFit head with shape keys."""
+    obj = context.active_object
+    if obj is None or obj.type != "MESH" or FITTED_PROPERTY not in obj or obj.data.shape_keys is None:
+        return None
+    return obj
+
+
+def _set_weights(obj: Any, weights: dict[str, float]) -> None:
+    for key in obj.data.shape_keys.key_blocks[1:]:
+        key.value = float(weights.get(key.name, 0.0))
+
+
+class GANFIT_OT_expression_reset(bpy.types.Operator):
+    """Set every expression shape key to 0: the neutral face of the fitted identity"""
+
+    bl_idname = "ganfit.expression_reset"
+    bl_label = "Neutral"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return ganfit_head(context) is not None
+
+    def execute(self, context: Any) -> set[str]:
+        _set_weights(ganfit_head(context), {})
+        return {"FINISHED"}
+
+
+class GANFIT_OT_expression_restore(bpy.types.Operator):
+    """Set the expression shape keys back to the weights fitted to the photo"""
+
+    bl_idname = "ganfit.expression_restore"
+    bl_label = "Fitted"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return ganfit_head(context) is not None
+
+    def execute(self, context: Any) -> set[str]:
+        obj = ganfit_head(context)
+        _set_weights(obj, dict(obj[FITTED_PROPERTY].to_dict()))
+        return {"FINISHED"}
+
+
+class GANFIT_PT_expressions(bpy.types.Panel):
+    """Expression sliders of the active GANFit head, grouped by face region."""
+
+    bl_label = "Expressions"
+    bl_idname = "GANFIT_PT_expressions"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "GANFit"
+    bl_parent_id = "GANFIT_PT_main"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return ganfit_head(context) is not None
+
+    def draw(self, context: Any) -> None:
+        obj = ganfit_head(context)
+        layout = self.layout
+        row = layout.row(align=True)
+        row.operator(GANFIT_OT_expression_reset.bl_idname, icon="LOOP_BACK")
+        row.operator(GANFIT_OT_expression_restore.bl_idname, icon="RECOVER_LAST")
+        keys = obj.data.shape_keys.key_blocks[1:]
+        for group in [g for g, _ in GROUPS] + ["Other"]:
+            members = [k for k in keys if group_of(k.name) == group]
+            if not members:
+                continue
+            box = layout.box()
+            box.label(text=group)
+            column = box.column(align=True)
+            for key in members:
+                column.prop(key, "value", text=key.name, slider=True)
+
+
+CLASSES = (GANFIT_OT_expression_reset, GANFIT_OT_expression_restore, GANFIT_PT_expressions)
