@@ -1,7 +1,8 @@
 """GANFit for Blender: import ganfit face reconstructions as a lit, camera-matched head.
 
-This add-on never imports torch: the engine runs as a separate process (later), and the
-result folders it writes are read here with numpy alone (``result_reader``).
+This add-on never imports torch: the engine runs as a separate process (``engine_client``,
+started by **Reconstruct Face** in ``reconstruct_op``), and the result folders it writes are
+read here with numpy alone (``result_reader``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import expressions, result_reader, scene_import
+from . import expressions, reconstruct_op, result_reader, scene_import
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,28 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
 
+class GANFIT_AP_preferences(bpy.types.AddonPreferences):
+    """Where the engine runs: a Python interpreter with ``ganfit`` installed."""
+
+    bl_idname = __package__
+
+    python_path: StringProperty(  # type: ignore[valid-type]
+        name="Engine Python",
+        description=(
+            "Python interpreter that has the ganfit engine installed; empty: $GANFIT_PYTHON, "
+            "else python3 on PATH if it can import ganfit"
+        ),
+        subtype="FILE_PATH",
+    )
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        layout.prop(self, "python_path")
+        if not self.python_path:
+            found = reconstruct_op.engine_python(context)
+            layout.label(text=f"Detected: {found}" if found else "No engine Python detected", icon="INFO")
+
+
 class GANFIT_PT_main(bpy.types.Panel):
     """GANFit tab in the 3D viewport's sidebar."""
 
@@ -92,6 +115,7 @@ class GANFIT_PT_main(bpy.types.Panel):
 
     def draw(self, context: Any) -> None:
         layout = self.layout
+        reconstruct_op.draw_panel(layout, context)
         layout.operator(GANFIT_OT_import_result.bl_idname, icon="IMPORT")
         obj = context.active_object
         if obj is not None and "ganfit_result" in obj:
@@ -101,7 +125,7 @@ class GANFIT_PT_main(bpy.types.Panel):
                 layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys")
 
 
-_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES)
+_CLASSES = (GANFIT_AP_preferences, GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES)
 
 
 def _menu_import(self: Any, context: Any) -> None:
@@ -109,6 +133,7 @@ def _menu_import(self: Any, context: Any) -> None:
 
 
 def register() -> None:
+    reconstruct_op.register()
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.TOPBAR_MT_file_import.append(_menu_import)
@@ -118,3 +143,4 @@ def unregister() -> None:
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)
+    reconstruct_op.unregister()  # also stops the engine process

@@ -1,0 +1,241 @@
+"""The add-on's side of ``python -m ganfit serve`` (docs/protocol.md): a child process that
+speaks JSON lines. Standard library only, no bpy, so it can be tested and used on its own.
+
+The engine starts lazily (on the first request), stays alive between reconstructions and is
+started afresh by the next request after it stopped or crashed. Its stderr goes to a log file
+in a temporary folder (``log_path``); error messages point there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROTOCOL_VERSION", "EngineClient", "EngineError", "detect_python", "check_python"]
+
+#: The protocol version this client speaks (the engine's ``ready`` event must carry it).
+PROTOCOL_VERSION = 1
+
+#: Seconds to wait for the engine's ``ready`` line (imports torch; slow on a cold disk).
+READY_TIMEOUT = 120.0
+
+
+class EngineError(RuntimeError):
+    """The engine could not be started or stopped unexpectedly; the message is one line."""
+
+
+def _last_line(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def check_python(python: str, timeout: float = 60.0) -> None:
+    """Raise ``EngineError`` unless ``python`` exists and can ``import ganfit``."""
+    exe = shutil.which(python) if not os.path.sep in python else python
+    if not exe or not Path(exe).is_file():
+        raise EngineError(f"engine Python interpreter not found: {python!r}; set it in the GANFit add-on preferences")
+    try:
+        done = subprocess.run([exe, "-c", "import ganfit"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"could not run the engine Python {python!r} ({exc})") from exc
+    if done.returncode != 0:
+        last = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        detail = last[-1].strip() if last else f"exit status {done.returncode}"
+        raise EngineError(f"'ganfit' is not importable with {python} ({detail}); install the engine there or choose another interpreter")
+
+
+def detect_python() -> str:
+    """The engine interpreter when none is set: ``$GANFIT_PYTHON``, else ``python3`` on PATH if
+    ``import ganfit`` works there; "" when neither."""
+    env = os.environ.get("GANFIT_PYTHON", "").strip()
+    if env:
+        return env
+    found = shutil.which("python3")
+    if found:
+        try:
+            check_python(found, timeout=30.0)
+        except EngineError:
+            return ""
+        return found
+    return ""
+
+
+class EngineClient:
+    """One engine child process, started on demand; events arrive on a background thread."""
+
+    def __init__(self, python: str):
+        self.python = python
+        self._proc: subprocess.Popen[str] | None = None
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader: threading.Thread | None = None
+        self._log_dir = Path(tempfile.mkdtemp(prefix="ganfit-engine-"))
+        self.log_path = self._log_dir / "engine.log"
+        self.version: str | None = None
+        self._lock = threading.Lock()
+
+    # -- process ---------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the engine (if not running) and wait for its ``ready`` event."""
+        with self._lock:
+            if self.alive():
+                return
+            self._reap()
+            exe = shutil.which(self.python) if os.path.sep not in self.python else self.python
+            if not exe or not Path(exe).is_file():
+                raise EngineError(
+                    f"engine Python interpreter not found: {self.python!r}; set it in the GANFit add-on preferences"
+                )
+            self._events = queue.Queue()
+            log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - the child owns it
+            try:
+                proc = subprocess.Popen(
+                    [exe, "-m", "ganfit", "serve"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                    text=True, encoding="utf-8", bufsize=1,
+                )
+            except OSError as exc:
+                raise EngineError(f"could not start the engine with {self.python} ({exc})") from exc
+            finally:
+                log_file.close()
+            self._proc = proc
+            deadline = time.monotonic() + READY_TIMEOUT
+            ready: dict[str, Any] | None = None
+            while ready is None:
+                line = self._readline_with_deadline(proc, deadline)
+                if line is None:
+                    self._kill()
+                    detail = _last_line(self.log_path) or "no output"
+                    raise EngineError(
+                        f"the engine did not start with {self.python} ({detail}); see {self.log_path}"
+                    )
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("type") == "ready":
+                    ready = event
+            if ready.get("protocol") != PROTOCOL_VERSION:
+                self._kill()
+                raise EngineError(
+                    f"the engine at {self.python} speaks protocol {ready.get('protocol')!r}, this add-on "
+                    f"speaks {PROTOCOL_VERSION}; install matching versions of the add-on and the engine"
+                )
+            self.version = str(ready.get("version"))
+            self._reader = threading.Thread(target=self._read, args=(proc,), name="ganfit-engine-reader", daemon=True)
+            self._reader.start()
+
+    def _readline_with_deadline(self, proc: subprocess.Popen[str], deadline: float) -> str | None:
+        """One stdout line before ``deadline``; None if the child exits or the time runs out."""
+        box: list[str] = []
+        t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        t.start()
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive() or not box or not box[0]:
+            return None
+        return box[0]
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._events.put(event)
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            for stream in (self._proc.stdin, self._proc.stdout):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except OSError:
+                    pass
+            self._proc = None
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self._reap()
+
+    # -- requests and events ---------------------------------------------------------------
+    def send(self, request: dict[str, Any]) -> None:
+        """Send one request, starting the engine first if it is not running."""
+        if not self.alive():
+            self.start()
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"the engine stopped ({exc}); see {self.log_path}") from exc
+
+    def poll_events(self) -> list[dict[str, Any]]:
+        """Every event received since the last call, without waiting."""
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def reader_finished(self) -> bool:
+        """True once the engine's stdout closed (it exited) and every event was read."""
+        return self._reader is None or not self._reader.is_alive()
+
+    def last_log_line(self) -> str:
+        return _last_line(self.log_path)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Ask the engine to stop, wait up to ``timeout`` s, then kill it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({"type": "shutdown"}) + "\n")
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        self._reap()
