@@ -14,7 +14,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import expressions, reconstruct_op, result_reader, scene_import
+from . import export_ops, expressions, reconstruct_op, result_reader, scene_import
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,10 @@ class GANFIT_PT_main(bpy.types.Panel):
             keys = obj.data.shape_keys if obj.type == "MESH" else None
             if keys is not None:
                 layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys")
+            layout.operator(export_ops.GANFIT_OT_export_head.bl_idname, icon="EXPORT")
 
 
-_CLASSES = (GANFIT_AP_preferences, GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES)
+_CLASSES = (GANFIT_AP_preferences, GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES, *export_ops.CLASSES)
 
 
 def _menu_import(self: Any, context: Any) -> None:
