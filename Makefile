@@ -25,8 +25,11 @@ demo: $(STAMP)
 		-o $(DEMO_OUT)/grace_hopper --force
 	@echo "Open $(DEMO_OUT)/grace_hopper/preview.png (render over the photo) or import head.glb / head.obj."
 
+# Two runs: the Blender tests (tests/blender) load bpy, and torch must never load beside it
+# (as in real use, where the engine is a separate process).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/blender
+	$(BIN)/python -m pytest tests/blender
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_renderer.py
