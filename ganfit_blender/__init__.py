@@ -70,10 +70,7 @@ class GANFIT_OT_import_result(bpy.types.Operator):
             log.exception("import of %s failed", self.directory)
             self.report({"ERROR"}, f"Import failed ({type(exc).__name__}: {exc}); see the system console")
             return {"CANCELLED"}
-        for obj in context.view_layer.objects:
-            obj.select_set(False)
-        built.head.select_set(True)
-        context.view_layer.objects.active = built.head
+        scene_import.select_only(context, built.head)
         self.report({"INFO"}, f"Imported {built.collection.name}")
         return {"FINISHED"}
 

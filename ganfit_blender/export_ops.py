@@ -10,6 +10,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from .expressions import ganfit_head
+from .scene_import import select_only
 
 
 class GANFIT_OT_export_head(bpy.types.Operator):
@@ -41,9 +42,7 @@ class GANFIT_OT_export_head(bpy.types.Operator):
             self.report({"ERROR"}, f"{path.parent}: folder does not exist; choose an existing folder")
             return {"CANCELLED"}
         head = ganfit_head(context)
-        for obj in context.view_layer.objects:
-            obj.select_set(obj == head)
-        context.view_layer.objects.active = head
+        select_only(context, head)
         if self.format == "GLB":
             result = bpy.ops.export_scene.gltf(
                 filepath=str(path), export_format="GLB", use_selection=True,

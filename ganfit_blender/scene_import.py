@@ -280,3 +280,10 @@ def _build_world(name: str, data: ResultData, created: _Created) -> Any:
     background.inputs["Color"].default_value = (*ambient.tolist(), 1.0)
     background.inputs["Strength"].default_value = 1.0
     return world
+
+
+def select_only(context: Any, obj: Any) -> None:
+    """Make ``obj`` the only selected object and the active one (after import or for export)."""
+    for other in context.view_layer.objects:
+        other.select_set(other == obj)
+    context.view_layer.objects.active = obj
