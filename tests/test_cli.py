@@ -14,7 +14,7 @@ from PIL import Image
 
 from ganfit.cli import main
 
-FAST = ["--steps", "120", "--lighting-steps", "5", "--texture-size", "64", "-q", "--no-exports"]
+FAST = ["--steps", "120", "--lighting-steps", "5", "--fit-steps", "3", "--texture-size", "64", "-q", "--no-exports"]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -130,8 +130,17 @@ def test_cuda_requested_without_cuda(grace_path: Path, tmp_path: Path, capsys):
 
 
 def test_batch_continues_after_a_bad_photo(grace_path: Path, coffee_path: Path, tmp_path: Path):
-    proc = _run(["reconstruct", str(grace_path), str(coffee_path), "-o", str(tmp_path / "out"), *FAST])
+    proc = _run(["reconstruct", str(grace_path), str(coffee_path), "-o", str(tmp_path / "out"), "--each", *FAST])
     assert proc.returncode == 1
     assert (tmp_path / "out" / "grace_hopper" / "result.json").is_file()
     assert not (tmp_path / "out" / "coffee").exists()
     assert "1 of 2 photos failed" in proc.stderr
+
+
+def test_photos_of_one_person_fail_together(grace_path: Path, coffee_path: Path, tmp_path: Path):
+    """Without --each, several photos are one person: a photo without a face stops the fit with
+    one line naming it, and nothing is written."""
+    proc = _run(["reconstruct", str(grace_path), str(coffee_path), "-o", str(tmp_path / "out"), *FAST])
+    assert proc.returncode == 2
+    _one_line_error(proc.stderr, "coffee")
+    assert not (tmp_path / "out").exists()

@@ -30,19 +30,35 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ganfit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    rec = sub.add_parser("reconstruct", help="fit a textured 3D head to each photo")
-    rec.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="JPEG/PNG photo(s) with a face")
+    rec = sub.add_parser("reconstruct", help="fit a textured 3D head to a photo, or to several photos of one person")
+    rec.add_argument("photos", nargs="+", type=Path, metavar="PHOTO",
+                     help="JPEG/PNG photo(s) with a face; several photos are taken as one person (one head)")
     rec.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                     help="result folder (one photo) or parent folder of one result per photo")
+                     help="result folder (with --each: parent folder of one result per photo)")
+    rec.add_argument("--each", action="store_true",
+                     help="fit every photo on its own into OUT/<photo name>/ instead of one person from all")
     rec.add_argument("--force", action="store_true", help="replace an existing result folder")
     rec.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     rec.add_argument("--steps", type=int, default=None, help="landmark-stage steps (default 300)")
+    rec.add_argument("--fit-steps", type=int, default=None,
+                     help="full-objective steps (default 60; 0 = landmark-only fit)")
+    rec.add_argument("--fit-lr", type=float, default=None, help="full-objective Adam learning rate (default 0.01)")
+    rec.add_argument("--loss-weight", action="append", default=[], metavar="TERM=W",
+                     help="weight of one term of the objective, 0 switches it off; terms: " + ", ".join(LOSS_TERMS))
     rec.add_argument("--lighting-steps", type=int, default=None, help="lighting-stage steps (default 80)")
     rec.add_argument("--lr", type=float, default=None, help="landmark-stage Adam learning rate (default 0.02)")
     rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 1024)")
     rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rec.add_argument("--face", type=int, default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")
+    rec.add_argument("--shape-model", type=Path, default=None, metavar="FILE",
+                     help="another 3DMM: BFM 2017 (.h5) or FLAME (.pkl/.npz); see docs/shape-models.md")
+    rec.add_argument("--landmarks", type=Path, default=None, metavar="JSON",
+                     help="68 landmark vertex indices for --shape-model (docs/shape-models.md)")
+    rec.add_argument("--identity-model", type=Path, default=None, metavar="ONNX",
+                     help="insightface ArcFace .onnx as the identity network instead of dlib's (docs/backends.md)")
+    rec.add_argument("--landmark-model", type=Path, default=None, metavar="FILE",
+                     help="face-alignment FAN TorchScript file for landmarks instead of dlib's (docs/backends.md)")
     rec.add_argument("--no-exports", action="store_true", help="skip head.obj/head.glb in the result folder")
     rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rec.add_argument("-v", "--verbose", action="store_true", help="log each stage")
@@ -54,6 +70,36 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: CLI names of the objective's terms -> JointStageSettings fields.
+LOSS_TERMS = {
+    "identity": "identity_weight",
+    "random-pose": "random_pose_weight",
+    "content": "content_weight",
+    "pixel": "pixel_weight",
+    "landmark": "landmark_weight",
+    "identity-prior": "identity_prior_weight",
+    "expression-prior": "expression_prior_weight",
+    "light-prior": "light_prior_weight",
+}
+
+
+def _loss_weights(items: list[str]) -> dict[str, float]:
+    """``TERM=W`` options -> JointStageSettings field values."""
+    weights: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in LOSS_TERMS:
+            raise GanfitError(f"--loss-weight {item}: expected TERM=W with TERM one of {', '.join(LOSS_TERMS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise GanfitError(f"--loss-weight {item}: {value!r} is not a number") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise GanfitError(f"--loss-weight {item}: weights are finite numbers >= 0 (0 switches the term off)")
+        weights[LOSS_TERMS[name]] = weight
+    return weights
+
+
 def _check_positive(name: str, value: int | float | None) -> None:
     if value is not None and value <= 0:
         raise GanfitError(f"{name} {value}: must be a positive number")
@@ -62,8 +108,10 @@ def _check_positive(name: str, value: int | float | None) -> None:
 def _settings(args: argparse.Namespace):
     from .fit.settings import FitSettings
 
-    for name in ("--steps", "--lighting-steps", "--lr", "--texture-size"):
+    for name in ("--steps", "--lighting-steps", "--lr", "--texture-size", "--fit-lr"):
         _check_positive(name, getattr(args, name.lstrip("-").replace("-", "_")))
+    if args.fit_steps is not None and args.fit_steps < 0:
+        raise GanfitError(f"--fit-steps {args.fit_steps}: must be 0 (landmark-only) or more")
     if args.face is not None and args.face < 0:
         raise GanfitError(f"--face {args.face}: faces are numbered from 0 (the largest)")
     base = FitSettings()
@@ -79,11 +127,52 @@ def _settings(args: argparse.Namespace):
         if args.texture_size < 16 or args.texture_size > 4096:
             raise GanfitError(f"--texture-size {args.texture_size}: choose between 16 and 4096")
         appearance = replace(appearance, texture_size=args.texture_size)
-    return FitSettings(landmark=landmark, appearance=appearance, seed=args.seed, device=args.device, face_index=args.face)
+    joint = replace(base.joint, **_loss_weights(args.loss_weight))
+    if args.fit_steps is not None:
+        joint = replace(joint, steps=args.fit_steps)
+    if args.fit_lr is not None:
+        joint = replace(joint, learning_rate=args.fit_lr)
+    return FitSettings(landmark=landmark, appearance=appearance, joint=joint, seed=args.seed, device=args.device,
+                       face_index=args.face)
+
+
+def _shape_model(args: argparse.Namespace):
+    """The --shape-model file loaded (None: the default head)."""
+    if args.shape_model is None:
+        if args.landmarks is not None:
+            raise GanfitError("--landmarks: only used with --shape-model; add --shape-model FILE or drop --landmarks")
+        return None
+    from .models.standard_3dmm import load_shape_model
+
+    for option, path in (("--shape-model", args.shape_model), ("--landmarks", args.landmarks)):
+        if path is not None and not path.is_file():
+            raise GanfitError(f"{option} {path}: file not found; check the path")
+    return load_shape_model(args.shape_model, args.landmarks)
+
+
+def _backends(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Optional identity network and landmark detector from files (docs/backends.md)."""
+    for option, path in (("--identity-model", args.identity_model), ("--landmark-model", args.landmark_model)):
+        if path is not None and not path.is_file():
+            raise GanfitError(f"{option} {path}: file not found; check the path")
+    chosen: dict[str, Any] = {}
+    if args.identity_model is not None:
+        from .face.arcface import load_arcface
+        from .fit.reconstruct import resolve_device
+
+        chosen["identity"] = load_arcface(args.identity_model).to(resolve_device(device))
+    if args.landmark_model is not None:
+        from .face.detection import FaceDetector
+        from .face.fan_landmarks import FanLandmarks
+        from .fit.reconstruct import resolve_device
+
+        fan = FanLandmarks(args.landmark_model, device=resolve_device(device))
+        chosen["detector"] = FaceDetector(landmarker=fan.landmarks)
+    return chosen
 
 
 def _outputs(photos: list[Path], output: Path) -> list[Path]:
-    """One photo writes OUT itself; several write OUT/<photo name>/ each."""
+    """One photo writes OUT itself; with --each, several write OUT/<photo name>/ each."""
     if len(photos) == 1:
         return [output]
     names = [p.stem for p in photos]
@@ -105,7 +194,8 @@ class _ProgressBar:
         self._bar = tqdm(total=100, desc=name, unit="%", disable=not enabled, leave=True,
                          bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
         self._stage = ""
-        self._weights = {"detect": (0, 5), "landmarks": (5, 35), "lighting": (35, 85), "texture": (85, 95), "write": (95, 100)}
+        self._weights = {"detect": (0, 3), "landmarks": (3, 15), "lighting": (15, 30), "fitting": (30, 92),
+                         "texture": (92, 97), "write": (97, 100)}
 
     def __call__(self, event) -> None:
         start, end = self._weights.get(event.stage, (0, 100))
@@ -131,33 +221,40 @@ def _reconstruct(args: argparse.Namespace) -> int:
     for photo in args.photos:
         if not photo.exists():
             raise GanfitError(f"{photo}: file not found; check the path")
-    outputs = _outputs(args.photos, args.output)
+    if len(set(p.resolve() for p in args.photos)) != len(args.photos):
+        raise GanfitError("the same photo is given twice; give each photo once")
+    # Several photos are one person (paper 3.5) unless --each asks for one fit per photo.
+    groups = [[p] for p in args.photos] if args.each else [list(args.photos)]
+    outputs = _outputs(args.photos, args.output) if args.each else [args.output]
     for out in outputs:
         check_output_folder(out, force=args.force)
 
     from .fit.progress import ProgressEvent
     from .fit.reconstruct import Reconstructor
 
-    reconstructor = Reconstructor(settings)
+    reconstructor = Reconstructor(settings, shape_model=_shape_model(args), **_backends(args, settings.device))
     failures: list[str] = []
-    for photo, out in zip(args.photos, outputs):
+    for group, out in zip(groups, outputs):
+        photo = group[0] if len(group) == 1 else Path(f"{group[0].name} + {len(group) - 1} more")
         bar = _ProgressBar(photo.name, enabled=not args.quiet)
         try:
-            result = reconstructor.reconstruct(photo, progress=bar)
+            result = reconstructor.reconstruct(group, progress=bar)
             bar(ProgressEvent("write", 1, 2))
             folder = write_result(result, out, force=args.force, exports=not args.no_exports)
             bar(ProgressEvent("write", 2, 2))
         except GanfitError as exc:
             bar.close()
-            if len(args.photos) == 1:
+            if len(groups) == 1:
                 raise
             print(f"ganfit: error: {exc}", file=sys.stderr)
             failures.append(str(photo))
             continue
         bar.close()
-        print(f"{photo}: wrote {folder} (landmark error {result.landmark_error_iod:.2%} of the eye-corner distance)")
+        errors = [v["landmark_error_iod"] for v in result.views] or [result.landmark_error_iod]
+        error_text = ", ".join(f"{e:.2%}" for e in errors)
+        print(f"{photo}: wrote {folder} (landmark error {error_text} of the eye-corner distance)")
     if failures:
-        print(f"ganfit: {len(failures)} of {len(args.photos)} photos failed: {', '.join(failures)}", file=sys.stderr)
+        print(f"ganfit: {len(failures)} of {len(groups)} photos failed: {', '.join(failures)}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return 0
 

@@ -40,7 +40,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -175,6 +175,7 @@ class FaceDetector:
         max_upscale: float = 3.0,
         min_score: float = 0.0,
         verify_below: float | None = 0.5,
+        landmarker: Callable[[np.ndarray, FaceBox], np.ndarray] | None = None,
     ) -> None:
         """
         Args:
@@ -188,6 +189,8 @@ class FaceDetector:
                 UTKFace faces).
             verify_below: detections scoring below this are kept only if dlib's CNN detector
                 confirms them; ``None`` turns verification off.
+            landmarker: ``(pixels, box) -> (68, 2)`` used instead of dlib's predictor, e.g.
+                ``FanLandmarks(path).landmarks`` (face-alignment's FAN, docs/backends.md).
         """
         self._landmark_model = Path(landmark_model) if landmark_model is not None else None
         self.first_pass_pixels = int(first_pass_pixels)
@@ -200,6 +203,7 @@ class FaceDetector:
         self._verifier: Any = None
         self._verifier_missing = False
         self._lock = threading.RLock()
+        self._landmarker = landmarker
 
     # -- model loading -------------------------------------------------------------------
 
@@ -353,6 +357,8 @@ class FaceDetector:
     def landmarks(self, pixels: np.ndarray, box: FaceBox) -> np.ndarray:
         """68 iBUG landmarks ``(68, 2)`` float32, in image pixels (pixel centres at +0.5)."""
         image = np.ascontiguousarray(_check_pixels(pixels))
+        if self._landmarker is not None:
+            return np.asarray(self._landmarker(image, box), dtype=np.float32)
         predictor = self.predictor
         with self._lock:
             shape = predictor(image, box.to_dlib())

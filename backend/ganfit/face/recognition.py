@@ -98,6 +98,9 @@ def _architecture() -> tuple[_Block, ...]:
 
 
 _BLOCKS = _architecture()
+#: Blocks whose outputs are the content features (paper eq. 10): the last block at each
+#: resolution, 35x35x32, 17x17x64, 8x8x128 and 4x4x256 for a 150x150 chip.
+CONTENT_BLOCKS = (2, 6, 9, 12)
 _STEM_CHANNELS = 32
 _FC_INPUTS = 256
 
@@ -483,6 +486,15 @@ class FaceRecognitionNetwork(nn.Module):
             return self._plan_for(images.shape[0])(images)
         return self.forward_reference(images)
 
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Descriptors and the activations of ``CONTENT_BLOCKS`` (for the content loss), in one
+        pass; gradients flow to ``images`` from both."""
+        _check_images(images)
+        if self._fast_path and images.device.type == "cpu" and images.dtype == torch.float32:
+            descriptor, *acts = _NetworkFn.apply(images, self._plan_for(images.shape[0]), True)
+            return descriptor, list(acts)
+        return self._reference(images, with_features=True)
+
     @property
     def uses_cpu_fast_path(self) -> bool:
         """Whether float32 CPU inputs go through the packed oneDNN path."""
@@ -507,11 +519,19 @@ class FaceRecognitionNetwork(nn.Module):
     def forward_reference(self, images: torch.Tensor) -> torch.Tensor:
         """The same function with plain PyTorch layers, on any device and dtype."""
         _check_images(images)
+        descriptor, _ = self._reference(images, with_features=False)
+        return descriptor
+
+    def _reference(self, images: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.stem.weight.is_contiguous(memory_format=torch.channels_last):
             images = images.contiguous(memory_format=torch.channels_last)
         x = F.max_pool2d(F.relu(self.stem(images)), 3, 2)
-        x = self.blocks(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        acts: list[torch.Tensor] = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if with_features and index in CONTENT_BLOCKS:
+                acts.append(x)
+        return self.fc(x.mean(dim=(2, 3))), acts
 
     def enable_cpu_fast_path(self, batch_size: int = 2) -> bool:
         """Pack the weights for oneDNN and check the fast path against ``forward_reference``.
@@ -650,7 +670,7 @@ class _NetworkFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, images: torch.Tensor, plan: _OneDnnPlan) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, images: torch.Tensor, plan: _OneDnnPlan, with_features: bool = False):  # type: ignore[override]
         # Stem: relu after the max pool (same result, 4x fewer values).
         pooled, argmax = F.max_pool2d(plan.stem(_channels_last(images)), 3, 2, return_indices=True)
         x = F.relu(pooled)
@@ -681,14 +701,21 @@ class _NetworkFn(torch.autograd.Function):
         out = F.relu(summed)
         ctx.plan = plan
         ctx.state = (images.shape, stem_out, argmax, saved, x, hidden, out)
-        return out.mean(dim=2) @ plan.fc.t()
+        ctx.set_materialize_grads(False)
+        descriptor = out.mean(dim=2) @ plan.fc.t()
+        if not with_features:
+            return descriptor
+        return (descriptor, *(saved[i][2].clone() for i in CONTENT_BLOCKS))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor | None, *feature_grads: torch.Tensor | None):  # type: ignore[override]
         plan: _OneDnnPlan = ctx.plan
         image_shape, stem_out, argmax, saved, x, hidden, out = ctx.state
-        b = grad.shape[0]
+        b = out.shape[0]
+        if grad is None:
+            grad = out.new_zeros(b, plan.fc.shape[0])
+        extra = dict(zip(CONTENT_BLOCKS, feature_grads))
         # Last block and head.
         g_out = ((grad @ plan.fc) / out.shape[2])[:, :, None].expand_as(out)
         g_out = torch.ops.aten.threshold_backward(g_out, out, 0)
@@ -697,7 +724,10 @@ class _NetworkFn(torch.autograd.Function):
         g = _avg_pool_grad(g_out.reshape(b, -1, 2, 2), x)
         g.permute(0, 2, 3, 1)[:, :3, :3, :] += g_window
         # Residual blocks, output to input.
-        for (conv1, conv2, down), (x, h, y) in zip(reversed(plan.blocks), reversed(saved)):
+        for index in reversed(range(len(saved))):
+            (conv1, conv2, down), (x, h, y) = plan.blocks[index], saved[index]
+            if extra.get(index) is not None:
+                g = g + extra[index]
             g = torch.ops.aten.threshold_backward(_channels_last(g), y, 0)
             if down:
                 g_branch = g[:, :, : h.shape[2], : h.shape[3]]
@@ -723,7 +753,7 @@ class _NetworkFn(torch.autograd.Function):
         half = CHIP_SIZE // 2
         pixels = blocks.permute(0, 2, 3, 1).reshape(b, half, half, 2, 2, 4).transpose(2, 3)
         pixels = pixels.reshape(b, CHIP_SIZE, CHIP_SIZE, 4)[..., :3].permute(0, 3, 1, 2)
-        return pixels.reshape(image_shape), None
+        return pixels.reshape(image_shape), None, None
 
 
 def _avg_pool_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

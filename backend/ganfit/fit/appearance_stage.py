@@ -13,10 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..render import Camera, MeshRenderer, PointLight
@@ -26,10 +23,6 @@ from .settings import AppearanceStageSettings
 
 log = logging.getLogger(__name__)
 
-# iBUG indices outlining the face: the jaw (0-16), then the brows back from right to left.
-_FACE_OUTLINE = list(range(17)) + list(range(26, 16, -1))
-
-
 @dataclass(frozen=True)
 class FaceCrop:
     """A square window of the photo around the face, resampled for the pixel loss."""
@@ -37,30 +30,6 @@ class FaceCrop:
     window: tuple[float, float, float, float]  # x0, y0, x1, y1 in photo pixels
     image: Tensor  # (1, 3, S, S) photo crop in [0, 1]
     region: Tensor  # (1, 1, S, S) 1 inside the face outline (and inside the photo)
-
-
-def face_crop(photo: Tensor, landmarks: np.ndarray, size: int, margin: float = 1.6) -> FaceCrop:
-    """Cut a square around the landmarks (side = margin x their extent), padded where needed."""
-    _, h, w = photo.shape
-    lo, hi = landmarks.min(0), landmarks.max(0)
-    centre = (lo + hi) / 2
-    half = max(float((hi - lo).max()) * margin / 2, 8.0)
-    x0, y0 = int(np.floor(centre[0] - half)), int(np.floor(centre[1] - half))
-    side = int(np.ceil(2 * half))
-    pad = (max(0, -x0), max(0, x0 + side - w), max(0, -y0), max(0, y0 + side - h))
-    padded = F.pad(photo[None], pad)
-    inside = F.pad(torch.ones(1, 1, h, w, dtype=photo.dtype, device=photo.device), pad)
-    ys, xs = y0 + pad[2], x0 + pad[0]
-    crop = padded[..., ys : ys + side, xs : xs + side]
-    inside = inside[..., ys : ys + side, xs : xs + side]
-    crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    inside = F.interpolate(inside, size=(size, size), mode="area")
-
-    outline = (landmarks[_FACE_OUTLINE] - [x0, y0]) * (size / side)
-    canvas = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(map(float, p)) for p in outline], fill=255)
-    region = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).to(photo)[None, None]
-    return FaceCrop(window=(float(x0), float(y0), float(x0 + side), float(y0 + side)), image=crop, region=region * (inside > 0.99))
 
 
 @dataclass

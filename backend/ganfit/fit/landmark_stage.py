@@ -18,7 +18,7 @@ from ..face.detection import OUTER_EYE_CORNERS
 from ..models.shape_model import ShapeModel
 from .pose import HeadPose, initial_pose
 from .optim import Adam
-from .progress import ProgressEvent, ProgressFn, no_progress
+from .progress import MESH_EVERY, ProgressEvent, ProgressFn, no_progress
 from .settings import LandmarkStageSettings
 
 log = logging.getLogger(__name__)
@@ -50,20 +50,23 @@ def fit_landmarks(
     focal: Tensor,
     settings: LandmarkStageSettings = LandmarkStageSettings(),
     progress: ProgressFn = no_progress,
+    shared_identity: bool = False,
 ) -> LandmarkFit:
     """Fit pose, identity and expression to detected landmarks (B, 68, 2) in photo pixels.
 
     image_size (B, 2) holds each photo's (width, height); focal (B,) its focal / width. The first
-    third of the steps moves the pose alone (a rigid alignment), then everything moves.
+    third of the steps moves the pose alone (a rigid alignment), then everything moves. With
+    ``shared_identity`` the B photos show one person (paper eq. 14): one identity, returned as
+    (1, Ki); pose and expression stay per photo.
     """
     batch = landmarks.shape[0]
     dtype, device = landmarks.dtype, landmarks.device
     index = model.landmark_indices
-    identity = torch.zeros(batch, model.num_identity, dtype=dtype, device=device, requires_grad=True)
+    identity = torch.zeros(1 if shared_identity else batch, model.num_identity, dtype=dtype, device=device, requires_grad=True)
     expression = torch.zeros(batch, model.num_expression, dtype=dtype, device=device, requires_grad=True)
     width, height = image_size[:, 0], image_size[:, 1]
     with torch.no_grad():
-        neutral = model.vertices(identity, expression, indices=index)
+        neutral = model.vertices(identity.expand(batch, -1), expression, indices=index)
     pose = initial_pose(landmarks, neutral, width, height, focal)
     for p in pose.parameters():
         p.requires_grad_(True)
@@ -76,11 +79,11 @@ def fit_landmarks(
     losses: list[float] = []
     for step in range(settings.steps):
         optimiser.zero_grad(set_to_none=True)
-        points = model.vertices(identity * id_std, expression, indices=index)
+        points = model.vertices(identity.expand(batch, -1) * id_std, expression, indices=index)
         projected = pose.camera().project(points, width, height)[..., :2]
         dist2 = ((projected - landmarks) ** 2).sum(-1) / (iod[:, None] ** 2)
         data = dist2.mean()
-        prior = settings.identity_weight * (identity**2).sum(-1).mean()
+        prior = settings.identity_weight * (identity**2).sum(-1).sum() / batch
         prior = prior + settings.expression_weight * ((expression / exp_std) ** 2).sum(-1).mean()
         loss = data + prior
         loss.backward()
@@ -89,14 +92,19 @@ def fit_landmarks(
             expression.grad = None
         optimiser.step()
         with torch.no_grad():
-            # Projected gradient: ARKit weights live in [0, 1]; identity within 3 std.
-            expression.clamp_(0.0, 1.0)
+            # Projected gradient: expressions stay in the model's range (ARKit: [0, 1]); identity within 3 std.
+            expression.clamp_(model.expression_min.to(dtype), model.expression_max.to(dtype))
             identity.clamp_(-3.0, 3.0)
         losses.append(float(loss.detach()))
-        progress(ProgressEvent("landmarks", step + 1, settings.steps, {"landmark": float(data.detach()), "prior": float(prior.detach())}))
+        mesh = None
+        if (step + 1) % MESH_EVERY == 0 or step + 1 == settings.steps:
+            with torch.no_grad():
+                mesh = model.vertices(identity[:1] * id_std, expression[:1])[0].cpu().numpy()
+        terms = {"landmark": float(data.detach()), "prior": float(prior.detach())}
+        progress(ProgressEvent("landmarks", step + 1, settings.steps, terms, vertices=mesh))
 
     with torch.no_grad():
-        points = model.vertices(identity * id_std, expression, indices=index)
+        points = model.vertices(identity.expand(batch, -1) * id_std, expression, indices=index)
         projected = pose.camera().project(points, width, height)[..., :2]
         error = (projected - landmarks).norm(dim=-1).mean(-1) / iod
     log.info("landmark stage: mean error %s of the inter-ocular distance", [f"{e:.2%}" for e in error.tolist()])

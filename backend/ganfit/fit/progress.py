@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -14,6 +16,13 @@ class ProgressEvent:
     step: int  # 1-based
     total: int
     losses: dict[str, float] = field(default_factory=dict)
+    # Now and then (every ``MESH_EVERY`` steps and at a stage's end) the current head in model
+    # space, (V, 3) float32, with the expression applied: the add-on shows the mesh as it fits.
+    vertices: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+#: How often, in steps, fitting stages attach the current mesh to a progress event.
+MESH_EVERY = 25
 
 
 ProgressFn = Callable[[ProgressEvent], None]

@@ -1,4 +1,5 @@
-"""One reconstruction from one photo: detection, stage 1, stage 2, result (paper 3.4).
+"""One reconstruction from one or more photos of a person: detection, stage 1 (landmarks),
+lighting and texture initialisation, stage 2 (the full objective), result (paper 3.4-3.5).
 
 ``Reconstructor`` keeps the models loaded between photos (the CLI's batch and the serve
 protocol both reuse it).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,12 +21,18 @@ from ..face.detection import DetectedFace, FaceDetector, default_detector, find_
 from ..io.images import Photo, load_photo
 from ..io.result import CameraParams, LightParams, Reconstruction
 from ..models.shape_model import ShapeModel, load_default_shape_model
+
+if TYPE_CHECKING:
+    from ..face.identity import IdentityNetwork
 from ..render import MeshRenderer
-from .appearance_stage import face_crop, fit_lighting
+from ..face.dlib_identity import DlibIdentity
+from ..render import Camera, PointLight
+from .appearance_stage import FaceCrop, fit_lighting
+from .joint_stage import fit_joint, prepare_target
 from .landmark_stage import LandmarkFit, fit_landmarks
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
-from .texture_projection import mirror_vertex_index, project_photo_to_uv
+from .texture_projection import merge_textures, mirror_vertex_index, project_photo_to_uv
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +78,15 @@ def _to_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 class Reconstructor:
-    """Fits the default head model to photos with the interim (photo-projection) texture."""
+    """Fits the head model to photos: landmarks, then the full objective, with the interim
+    (photo-projection) texture."""
 
     def __init__(
         self,
         settings: FitSettings = FitSettings(),
         shape_model: ShapeModel | None = None,
         detector: FaceDetector | None = None,
+        identity: "IdentityNetwork | None" = None,
     ):
         self.settings = settings
         self.device = resolve_device(settings.device)
@@ -84,7 +94,16 @@ class Reconstructor:
         self.model = (shape_model or load_default_shape_model()).to(self.device)
         self.detector = detector or default_detector()
         self.renderer = MeshRenderer(self.model.faces, self.model.uvs, self.model.uv_faces).to(self.device)
+        self._identity = identity
         self._mirror: torch.Tensor | None = None
+
+    @property
+    def identity_network(self) -> "IdentityNetwork":
+        """The identity network of the objective (dlib's ResNet unless another was given);
+        loaded on first use, so landmark-only fits never pay for it."""
+        if self._identity is None:
+            self._identity = DlibIdentity(self.device)
+        return self._identity
 
     @property
     def mirror_index(self) -> torch.Tensor:
@@ -92,57 +111,110 @@ class Reconstructor:
             self._mirror = mirror_vertex_index(self.model.mean.to(self.dtype))
         return self._mirror
 
-    def reconstruct(self, photo_path: str | Path, progress: ProgressFn = no_progress) -> Reconstruction:
-        """Reconstruct the face in one photo file."""
-        photo = load_photo(photo_path, max_side=self.settings.max_photo_side)
-        return self.reconstruct_photo(photo, progress)
+    def reconstruct(self, photo_paths: str | Path | list[str | Path], progress: ProgressFn = no_progress) -> Reconstruction:
+        """Reconstruct the face in one photo file, or one person from several (paper 3.5)."""
+        paths = [photo_paths] if isinstance(photo_paths, (str, Path)) else list(photo_paths)
+        photos = [load_photo(path, max_side=self.settings.max_photo_side) for path in paths]
+        return self.reconstruct_photos(photos, progress)
+
+    def reconstruct_photo(self, photo: Photo, progress: ProgressFn = no_progress) -> Reconstruction:
+        """Both stages on one loaded photo."""
+        return self.reconstruct_photos([photo], progress)
+
+    def _detect(self, photos: list[Photo], progress: ProgressFn) -> list[DetectedFace]:
+        faces = []
+        for i, photo in enumerate(photos):
+            faces.append(find_face(photo, self.settings.face_index, self.detector))
+            progress(ProgressEvent("detect", i + 1, len(photos)))
+        return faces
+
+    def _landmark_fit(self, photos: list[Photo], faces: list[DetectedFace], progress: ProgressFn) -> LandmarkFit:
+        settings = self.settings
+        dev, dt = self.device, self.dtype
+        landmarks = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=dt, device=dev)
+        image_size = torch.tensor([list(p.size) for p in photos], dtype=dt, device=dev)
+        focal = torch.tensor([photo_focal(p, settings.landmark.default_focal) for p in photos], dtype=dt, device=dev)
+        return fit_landmarks(self.model, landmarks, image_size, focal, settings.landmark, progress,
+                             shared_identity=len(photos) > 1)
 
     def fit_landmark_stage(self, photo: Photo, progress: ProgressFn = no_progress) -> tuple[DetectedFace, LandmarkFit]:
         """Detection and stage 1 only (used by the landmark benchmarks and accuracy script)."""
-        settings = self.settings
-        torch.manual_seed(settings.seed)
-        face = find_face(photo, settings.face_index, self.detector)
-        progress(ProgressEvent("detect", 1, 1))
-        width, height = photo.size
-        landmarks = torch.as_tensor(face.landmarks, dtype=self.dtype, device=self.device)[None]
-        image_size = torch.tensor([[width, height]], dtype=self.dtype, device=self.device)
-        focal = torch.tensor([photo_focal(photo, settings.landmark.default_focal)], dtype=self.dtype, device=self.device)
-        return face, fit_landmarks(self.model, landmarks, image_size, focal, settings.landmark, progress)
+        torch.manual_seed(self.settings.seed)
+        faces = self._detect([photo], progress)
+        return faces[0], self._landmark_fit([photo], faces, progress)
 
-    def reconstruct_photo(self, photo: Photo, progress: ProgressFn = no_progress) -> Reconstruction:
-        """Both stages on a loaded photo, returning everything the result folder holds."""
+    def reconstruct_photos(self, photos: list[Photo], progress: ProgressFn = no_progress) -> Reconstruction:
+        """Everything on loaded photos of one person; the result's camera and light are the
+        first photo's, ``views`` holds every photo's."""
+        if not photos:
+            raise GanfitError("no photos given; pass at least one photo file")
         settings = self.settings
         started = time.perf_counter()
+        torch.manual_seed(settings.seed)
         dev, dt = self.device, self.dtype
-        width, height = photo.size
-        face, stage1 = self.fit_landmark_stage(photo, progress)
-
-        id_coeffs = stage1.identity * self.model.identity_std.to(dt)
+        app, joint = settings.appearance, settings.joint
+        faces = self._detect(photos, progress)
+        stage1 = self._landmark_fit(photos, faces, progress)
+        count = len(photos)
+        identity = stage1.identity[:1]
         expression = stage1.expression
-        with torch.no_grad():
-            vertices = self.model.vertices(id_coeffs, expression)
-            neutral = self.model.vertices(id_coeffs, torch.zeros_like(expression))
-        camera = stage1.pose.camera()
+        id_std = self.model.identity_std.to(dt)
+        pixels = [torch.from_numpy(np.array(p.pixels)).to(dev).permute(2, 0, 1).to(dt) / 255.0 for p in photos]
 
-        photo_t = torch.from_numpy(np.array(photo.pixels)).to(dev).permute(2, 0, 1).to(dt) / 255.0
-        app = settings.appearance
-        crop = face_crop(photo_t, face.landmarks, app.render_size)
-        lighting = fit_lighting(self.renderer, vertices, camera, (width, height), crop, app, progress)
+        # Windows around each face (the identity network's chip plus the face outline): the
+        # lighting fit, the pixel loss and the renders of the objective all use them.
+        use_identity = joint.steps > 0
+        targets = [
+            prepare_target(px, f.landmarks, self.identity_network, joint.render_size, with_features=use_identity)
+            for px, f in zip(pixels, faces)
+        ]
+
+        # Light per photo against a constant albedo, then the photos projected into one texture.
+        vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression).detach()
+        camera = stage1.pose.camera()
+        lights = []
+        for i, (photo, target) in enumerate(zip(photos, targets)):
+            crop = FaceCrop(window=target.window, image=target.image, region=target.region)
+            lit = fit_lighting(self.renderer, vertices[i : i + 1], _view(camera, i), photo.size, crop, app, progress)
+            lights.append(lit.light)
+        light = _cat_lights(lights)
+        texture = self._texture(pixels, vertices, camera, light, size=min(app.texture_size, 1024))
+
+        pose = stage1.pose
+        losses: dict[str, list[float]] = {"landmarks": stage1.losses}
+        if use_identity:
+            fit = fit_joint(
+                self.model, self.renderer, self.identity_network, targets, pose, identity, expression, light,
+                texture.image[None], joint, progress, seed=settings.seed,
+            )
+            pose, identity, expression, light = fit.pose, fit.identity, fit.expression, fit.light
+            losses.update({f"joint_{k}": v for k, v in fit.losses.items()})
 
         progress(ProgressEvent("texture", 1, 2))
-        texture = project_photo_to_uv(
-            photo_t, vertices[0], self.model.faces, self.model.uvs, self.model.uv_faces,
-            camera, self.mirror_index, app.texture_size, lighting.light,
-        )
         with torch.no_grad():
-            render = self.renderer(vertices, texture.image[None], camera, lighting.light, height, width)
-            preview = render.image[0] * render.mask[0] + photo_t * (1 - render.mask[0])
+            vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression)
+            neutral = self.model.vertices(identity * id_std, torch.zeros_like(expression[:1]))
+            camera = pose.camera()
+            texture = self._texture(pixels, vertices, camera, light, size=app.texture_size)
+            errors = _landmark_errors(self.model, vertices, camera, photos, faces)
+            width, height = photos[0].size
+            render = self.renderer(vertices[:1], texture.image[None], _view(camera, 0), _light(light, 0), height, width)
+            preview = render.image[0] * render.mask[0] + pixels[0] * (1 - render.mask[0])
         progress(ProgressEvent("texture", 2, 2))
 
-        cam = camera
-        light = lighting.light
+        views = [
+            {
+                "photo": str(photo.path),
+                "camera": _camera_params(_view(camera, i), photo.size).to_json(),
+                "light": _light_params(_light(light, i)).to_json(),
+                "expression_weights": [float(x) for x in expression[i].cpu()],
+                "landmark_error_iod": errors[i],
+                "face": face.index,
+            }
+            for i, (photo, face) in enumerate(zip(photos, faces))
+        ]
         result = Reconstruction(
-            photos=[str(photo.path)],
+            photos=[str(photo.path) for photo in photos],
             vertices=vertices[0].cpu().numpy(),
             neutral_vertices=neutral[0].cpu().numpy(),
             faces=self.model.faces.cpu().numpy(),
@@ -152,36 +224,83 @@ class Reconstructor:
             expression_weights=expression[0].cpu().numpy(),
             expression_deltas=self.model.expression_basis.cpu().numpy(),
             identity_names=list(self.model.identity_names),
-            identity_coefficients=id_coeffs[0].cpu().numpy(),
+            identity_coefficients=(identity[0] * id_std).cpu().numpy(),
             landmark_indices=self.model.landmark_indices.cpu().numpy(),
-            landmarks_2d=face.landmarks,
-            landmark_error_iod=float(stage1.error_iod[0]),
-            camera=CameraParams(
-                position=cam.position[0].cpu().numpy(),
-                look_at=cam.look_at[0].cpu().numpy(),
-                up=cam.up[0].cpu().numpy(),
-                focal=float(cam.focal[0]),
-                width=width,
-                height=height,
-            ),
-            light=LightParams(
-                position=light.position[0].cpu().numpy(),
-                colour=light.colour[0].cpu().numpy(),
-                ambient=light.ambient[0].cpu().numpy(),
-            ),
+            landmarks_2d=faces[0].landmarks,
+            landmark_error_iod=errors[0],
+            camera=_camera_params(_view(camera, 0), photos[0].size),
+            light=_light_params(_light(light, 0)),
             texture=_to_image(texture.image),
             preview=_to_image(preview),
             shape_model=self.model.name,
             texture_model=TEXTURE_MODEL,
             engine_version=__version__,
-            losses={"landmarks": stage1.losses, "lighting": lighting.losses},
+            losses=losses,
             settings={
                 **settings.to_dict(),
                 "device": str(dev),
-                "face": face.index,
-                "faces_found": face.num_faces,
-                "focal_source": "exif" if photo.focal_35mm is not None else "default",
+                "face": faces[0].index,
+                "faces_found": faces[0].num_faces,
+                "focal_source": "exif" if photos[0].focal_35mm is not None else "default",
+                "identity_network": self.identity_network.name if use_identity else None,
             },
+            views=views if count > 1 else [],
         )
-        log.info("%s: reconstructed in %.1f s", photo.name, time.perf_counter() - started)
+        log.info("%s: reconstructed in %.1f s", ", ".join(p.name for p in photos), time.perf_counter() - started)
         return result
+
+    def _texture(self, pixels: list[torch.Tensor], vertices: torch.Tensor, camera: Camera, light: PointLight, size: int):
+        """The photos projected into UV with their shading divided out, merged (eq. 14)."""
+        textures = [
+            project_photo_to_uv(
+                px, vertices[i], self.model.faces, self.model.uvs, self.model.uv_faces,
+                _view(camera, i), self.mirror_index, size, _light(light, i),
+            )
+            for i, px in enumerate(pixels)
+        ]
+        return merge_textures(textures)
+
+
+def _view(camera: Camera, i: int) -> Camera:
+    sl = slice(i, i + 1)
+    return Camera(camera.position[sl], camera.look_at[sl], camera.up[sl], camera.focal[sl])
+
+
+def _light(light: PointLight, i: int) -> PointLight:
+    sl = slice(i, i + 1)
+    return PointLight(light.position[sl], light.colour[sl], light.ambient[sl])
+
+
+def _cat_lights(lights: list[PointLight]) -> PointLight:
+    return PointLight(*(torch.cat([getattr(l, k) for l in lights]) for k in ("position", "colour", "ambient")))
+
+
+def _camera_params(camera: Camera, size: tuple[int, int]) -> CameraParams:
+    width, height = size
+    return CameraParams(
+        position=camera.position[0].cpu().numpy(),
+        look_at=camera.look_at[0].cpu().numpy(),
+        up=camera.up[0].cpu().numpy(),
+        focal=float(camera.focal[0]),
+        width=width,
+        height=height,
+    )
+
+
+def _light_params(light: PointLight) -> LightParams:
+    return LightParams(
+        position=light.position[0].cpu().numpy(),
+        colour=light.colour[0].cpu().numpy(),
+        ambient=light.ambient[0].cpu().numpy(),
+    )
+
+
+def _landmark_errors(model: ShapeModel, vertices: torch.Tensor, camera: Camera, photos: list[Photo], faces: list[DetectedFace]) -> list[float]:
+    """Mean landmark distance / outer-eye-corner distance per photo."""
+    errors = []
+    for i, (photo, face) in enumerate(zip(photos, faces)):
+        width, height = photo.size
+        points = vertices[i : i + 1, model.landmark_indices]
+        projected = _view(camera, i).project(points, width, height)[0, :, :2].cpu().numpy()
+        errors.append(float(np.linalg.norm(projected - face.landmarks, axis=-1).mean() / face.interocular))
+    return errors

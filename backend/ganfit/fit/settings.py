@@ -32,11 +32,39 @@ class AppearanceStageSettings:
 
 
 @dataclass(frozen=True)
+class JointStageSettings:
+    """Stage 2 of paper 3.4: every parameter at once under the full objective (eqs. 8-13).
+
+    Each term has a weight; a weight of 0 switches the term off (Table I's ablation). The
+    weights are in the units of each term as computed in ``fit.losses``; the defaults were tuned
+    on grace_hopper and astronaut (docs/fitting.md).
+    """
+
+    steps: int = 60  # 0 skips the stage (the landmark-only fit)
+    learning_rate: float = 0.01  # the paper's Adam rate, for identity/expression/light
+    pose_learning_rate: float = 0.002  # rotation (rad) and log-depth move less per step
+    render_size: int = 224
+    identity_weight: float = 1.0  # eq. 9, cosine distance photo vs render in the photo's pose
+    random_pose_weight: float = 1.0  # eq. 8, the same for a render with random pose/expression/light
+    content_weight: float = 0.5  # eq. 10, normalised distances of intermediate activations
+    pixel_weight: float = 1.0  # eq. 11, L1 over the face region
+    landmark_weight: float = 50.0  # eq. 12, squared distance / inter-ocular distance squared
+    identity_prior_weight: float = 2e-4  # eq. 13, identity coefficients in units of their std
+    expression_prior_weight: float = 1e-4  # eq. 13, ARKit weights in units of their std
+    light_prior_weight: float = 0.01  # eq. 13, keeps the light's intensity scale fixed
+    random_yaw_degrees: float = 30.0
+    random_pitch_degrees: float = 15.0
+    random_expression: float = 0.3  # largest random ARKit weight added in the random-pose render
+    random_light: float = 0.3  # relative jitter of the random render's light colour and direction
+
+
+@dataclass(frozen=True)
 class FitSettings:
     """All settings of one reconstruction; recorded in the result folder."""
 
     landmark: LandmarkStageSettings = field(default_factory=LandmarkStageSettings)
     appearance: AppearanceStageSettings = field(default_factory=AppearanceStageSettings)
+    joint: JointStageSettings = field(default_factory=JointStageSettings)
     seed: int = 0
     device: str = "cpu"
     face_index: int | None = None  # which face when a photo has several (0 = largest)

@@ -146,3 +146,17 @@ def project_photo_to_uv(
 def frags_to_image(texels: Fragments, values: Tensor, size: int) -> Tensor:
     """Scatter per-texel values (N, C) into a (C, size, size) map, zero elsewhere."""
     return texels.scatter(values)[0]
+
+
+def merge_textures(textures: list[UVTexture]) -> UVTexture:
+    """One texture from several photos of one person (paper eq. 14 shares the texture): each
+    texel is the confidence-weighted mean of the photos that saw it; texels none saw keep the
+    plain mean of the filled maps."""
+    if len(textures) == 1:
+        return textures[0]
+    images = torch.stack([t.image for t in textures])
+    weights = torch.stack([t.confidence for t in textures])
+    total = weights.sum(0)
+    seen = (images * weights).sum(0) / total.clamp_min(1e-8)
+    image = torch.where(total > 1e-4, seen, images.mean(0))
+    return UVTexture(image=image, confidence=total.clamp(0, 1))

@@ -222,6 +222,9 @@ class Reconstruction:
     losses: dict[str, list[float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     created: str | None = None  # ISO 8601 UTC; write_result stamps it when None
+    # Several photos of one person (paper 3.5): per photo its camera, light, expression weights,
+    # landmark error (JSON-ready dicts). Empty for one photo, whose view is the top level.
+    views: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         conversions = {
@@ -433,6 +436,7 @@ def _to_document(result: Reconstruction, files: dict[str, str], created: str) ->
         "texture": {"width": int(result.texture.shape[1]), "height": int(result.texture.shape[0])},
         "settings": result.settings,
         "losses": {name: [_json_float(x) for x in curve] for name, curve in result.losses.items()},
+        **({"views": result.views} if result.views else {}),
         "files": files,
     }
 
@@ -651,6 +655,7 @@ def read_result(path: Path | str, *, load_images: bool = True) -> Reconstruction
             },
             settings=document.get("settings", {}),
             created=document.get("created"),
+            views=list(document.get("views", [])),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ResultFileError(

@@ -211,10 +211,11 @@ class ShapeModel(nn.Module):
             indices.to(device=self.mean.device, dtype=torch.int64)[:, None] * 3
             + torch.arange(3, device=self.mean.device)
         ).reshape(-1)
+        width = self.num_vertices * 3  # explicit, so a model with no expressions (Ke = 0) reshapes too
         return (
-            self.mean.reshape(1, -1).index_select(1, cols),
-            self.identity_basis.reshape(self.num_identity, -1).index_select(1, cols),
-            self.expression_basis.reshape(self.num_expression, -1).index_select(1, cols),
+            self.mean.reshape(1, width).index_select(1, cols),
+            self.identity_basis.reshape(self.num_identity, width).index_select(1, cols),
+            self.expression_basis.reshape(self.num_expression, width).index_select(1, cols),
         )
 
     def set_landmark_indices(self, indices: Tensor | np.ndarray) -> None:

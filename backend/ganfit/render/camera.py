@@ -62,11 +62,14 @@ class Camera:
         this is how the fitting renders a face crop at 224 x 224 without changing the camera.
         """
         cam_x, cam_y, z = self.world_to_camera(points).unbind(-1)
-        f_px = (self.focal * width)[:, None]
+        # Sizes may be numbers or (B,) tensors (a batch of photos of different sizes).
+        w = width[:, None] if isinstance(width, Tensor) and width.ndim == 1 else width
+        h = height[:, None] if isinstance(height, Tensor) and height.ndim == 1 else height
+        f_px = self.focal[:, None] * w
         safe_z = torch.where(z.abs() < _EPS, torch.full_like(z, _EPS), z)
         scale = f_px / safe_z
-        x = cam_x * scale + 0.5 * width
-        y = cam_y * scale + 0.5 * height
+        x = cam_x * scale + 0.5 * w
+        y = cam_y * scale + 0.5 * h
         if window is not None:
             x0, y0, x1, y1 = window
             out_w, out_h = out_size if out_size is not None else (width, height)

@@ -1,0 +1,339 @@
+"""Stage 2 of paper 3.4: all parameters at once under the full objective (eqs. 8-13).
+
+Per step, for every photo: the head is rendered in the photo's fitted view over a square window
+around the face, laid over the photo and cut to the identity network's chip by the same warp as
+the photo (``face.alignment``); a second render with a random pose, expression and light (eq. 8)
+gets its own chip from its projected landmarks. The identity network compares both with the
+photo (eqs. 8-9) and the photo-view render's activations with the photo's (eq. 10); the pixel
+loss (eq. 11) and the landmark loss (eq. 12) keep the fit on the photo, the priors (eq. 13) keep
+it a plausible face. Several photos of one person (paper 3.5, eq. 14) share the identity; pose,
+expression and light stay per photo.
+
+Until the texture prior exists (issue 5) the texture is fixed during this stage: the photos
+projected into UV after stage 1. The fit therefore moves shape, expression, pose and light; the
+final texture is projected again from the fitted geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from ..face.alignment import ChipWarp, Window, crop_window, extract_chips
+from ..models.shape_model import ShapeModel
+from ..render import Camera, MeshRenderer, PointLight
+from .landmark_stage import interocular
+from .losses import coefficient_prior, content_loss, identity_loss, landmark_loss, pixel_loss
+from .optim import Adam
+from .pose import HeadPose, axis_angle_to_matrix
+from .progress import MESH_EVERY, ProgressEvent, ProgressFn, no_progress
+from .settings import JointStageSettings
+
+if TYPE_CHECKING:
+    from ..face.identity import IdentityNetwork
+
+log = logging.getLogger(__name__)
+
+# iBUG indices outlining the face: the jaw (0-16), then the brows back from right to left.
+FACE_OUTLINE = list(range(17)) + list(range(26, 16, -1))
+
+
+def face_region(landmarks: np.ndarray, window: Window, size: int, photo_size: tuple[int, int]) -> Tensor:
+    """(1, 1, size, size) mask: 1 inside the landmark outline and inside the photo."""
+    x0, y0, x1, y1 = window
+    scale = size / (x1 - x0)
+    outline = (landmarks[FACE_OUTLINE] - [x0, y0]) * scale
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(map(float, p)) for p in outline], fill=255)
+    width, height = photo_size
+    photo = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(photo).rectangle([-x0 * scale, -y0 * scale, (width - x0) * scale - 1, (height - y0) * scale - 1], fill=255)
+    both = np.minimum(np.asarray(canvas), np.asarray(photo)).astype(np.float32) / 255.0
+    return torch.from_numpy(both)[None, None]
+
+
+@dataclass
+class PhotoTarget:
+    """One photo as the objective sees it; everything here is fixed during fitting."""
+
+    photo: Tensor  # (3, H, W) in [0, 1]
+    landmarks: Tensor  # (1, 68, 2) detected, photo pixels
+    size: tuple[int, int]  # photo (width, height)
+    warp: ChipWarp  # the identity network's chip in the photo
+    window: Window  # square around the chip and the face outline; renders cover this
+    image: Tensor  # (1, 3, R, R) the photo over the window
+    region: Tensor  # (1, 1, R, R) face outline within the photo
+    embedding: Tensor  # (1, D) identity features of the photo's chip
+    features: list[Tensor]  # content activations of the photo's chip
+    background: Tensor  # (1, 3, 1, 1) mean colour of the window, behind random-pose renders
+
+
+@torch.no_grad()
+def prepare_target(
+    photo: Tensor, landmarks: np.ndarray, identity: IdentityNetwork, render_size: int, with_features: bool = True
+) -> PhotoTarget:
+    """Cut the photo's window and chip and compute its identity features once (without
+    ``with_features`` the identity network is not run: the landmark-only fit needs none)."""
+    _, height, width = photo.shape
+    warp = ChipWarp(identity.chip_transform(landmarks), identity.chip_size)
+    window = warp.window(include=landmarks)
+    image = crop_window(photo[None], window, render_size)
+    region = face_region(landmarks, window, render_size, (width, height)).to(photo)
+    if with_features:
+        embedding, features = identity.features(extract_chips(image, [window], [warp]))
+    else:
+        embedding, features = photo.new_zeros(1, 0), []
+    return PhotoTarget(
+        photo=photo,
+        landmarks=torch.as_tensor(landmarks, dtype=photo.dtype, device=photo.device)[None],
+        size=(width, height),
+        warp=warp,
+        window=window,
+        image=image,
+        region=region,
+        embedding=embedding.detach(),
+        features=[f.detach() for f in features],
+        background=image.mean(dim=(2, 3), keepdim=True),
+    )
+
+
+@dataclass
+class LightParams:
+    """Optimisable point light: direction from the head centre (the distance stays fixed)."""
+
+    direction: Tensor  # (B, 3)
+    colour: Tensor  # (B, 3)
+    ambient: Tensor  # (B, 3)
+    centre: Tensor  # (B, 3) fixed
+    distance: Tensor  # (B,) fixed
+
+    @staticmethod
+    def from_light(light: PointLight, centre: Tensor) -> "LightParams":
+        offset = light.position - centre
+        distance = offset.norm(dim=-1)
+        return LightParams(offset / distance[:, None], light.colour.clone(), light.ambient.clone(), centre, distance)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.direction, self.colour, self.ambient]
+
+    def light(self, index: slice | None = None) -> PointLight:
+        sl = index if index is not None else slice(None)
+        unit = self.direction[sl] / self.direction[sl].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return PointLight(self.centre[sl] + self.distance[sl, None] * unit, self.colour[sl], self.ambient[sl])
+
+
+@dataclass
+class JointFit:
+    """Result of the joint stage; tensors detached."""
+
+    pose: HeadPose
+    identity: Tensor  # (1, Ki) in units of the prior std, shared by all photos
+    expression: Tensor  # (B, Ke)
+    light: PointLight  # batch B
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+
+def random_view(camera: Camera, centre: Tensor, yaw: float, pitch: float) -> Camera:
+    """The camera orbited about the head centre by yaw (about model y) then pitch (about x)."""
+    dtype, device = centre.dtype, centre.device
+    rot = axis_angle_to_matrix(torch.tensor([[0.0, yaw, 0.0]], dtype=dtype, device=device))
+    rot = rot @ axis_angle_to_matrix(torch.tensor([[pitch, 0.0, 0.0]], dtype=dtype, device=device))
+
+    def turn(points: Tensor) -> Tensor:
+        return centre + ((points - centre)[:, None, :] @ rot.transpose(-1, -2))[:, 0]
+
+    up = (camera.up[:, None, :] @ rot.transpose(-1, -2))[:, 0]
+    return Camera(position=turn(camera.position), look_at=turn(camera.look_at), up=up, focal=camera.focal)
+
+
+def fit_joint(
+    model: ShapeModel,
+    renderer: MeshRenderer,
+    identity_net: IdentityNetwork,
+    targets: list[PhotoTarget],
+    pose: HeadPose,
+    identity: Tensor,
+    expression: Tensor,
+    light: PointLight,
+    texture: Tensor,
+    settings: JointStageSettings = JointStageSettings(),
+    progress: ProgressFn = no_progress,
+    seed: int = 0,
+) -> JointFit:
+    """Fit pose (B), shared identity (1, Ki, std units), expression (B, Ke) and light (B) to B
+    photos of one person under the full objective, starting from the given values; ``texture``
+    (1, 3, T, T) is fixed."""
+    batch = len(targets)
+    dtype, device = identity.dtype, identity.device
+    generator = torch.Generator().manual_seed(seed)
+    size = settings.render_size
+    pose = HeadPose(*(x.detach().clone().requires_grad_(i < 3) for i, x in enumerate(
+        (pose.rotation, pose.offset, pose.log_depth, pose.focal))))
+    identity = identity.detach().clone().requires_grad_(True)
+    expression = expression.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        centre = model.vertices(identity.expand(batch, -1) * model.identity_std.to(dtype), expression).mean(1)
+    lights = LightParams.from_light(light.detach(), centre)
+    for p in lights.parameters():
+        p.requires_grad_(True)
+    id_std = model.identity_std.to(dtype)
+    exp_std = model.expression_std.to(dtype)
+    index = model.landmark_indices
+    target_landmarks = torch.cat([t.landmarks for t in targets])
+    iod = interocular(target_landmarks)
+
+    optimiser = Adam([identity, expression] + lights.parameters(), lr=settings.learning_rate)
+    pose_optimiser = Adam(pose.parameters(), lr=settings.pose_learning_rate)
+    s = settings
+    names = ("identity", "random_pose", "content", "pixel", "landmark", "prior", "total")
+    history: dict[str, list[float]] = {name: [] for name in names}
+
+    for step in range(s.steps):
+        optimiser.zero_grad(set_to_none=True)
+        pose_optimiser.zero_grad(set_to_none=True)
+        shared = identity.expand(batch, -1) * id_std
+        vertices = model.vertices(shared, expression)
+        camera = pose.camera()
+        all_lights = lights.light()
+
+        windows: list[Window] = []
+        warps: list[ChipWarp] = []
+        chip_inputs: list[Tensor] = []
+        photo_rows: list[int] = []
+        random_rows: list[int] = []
+        pixel_terms: list[Tensor] = []
+        projected: list[Tensor] = []
+        for b, (target, cam_b) in enumerate(zip(targets, _split(camera))):
+            sl = slice(b, b + 1)
+            light_b = PointLight(all_lights.position[sl], all_lights.colour[sl], all_lights.ambient[sl])
+            marks = model.vertices(shared[sl], expression[sl], indices=index)
+            projected.append(cam_b.project(marks, target.size[0], target.size[1])[..., :2])
+            if s.identity_weight or s.content_weight or s.pixel_weight:
+                out = renderer(vertices[sl], texture, cam_b, light_b, size, size, image_size=target.size, window=target.window)
+                pixel_terms.append(pixel_loss(out.image, target.image, target.region * out.mask))
+                if s.identity_weight or s.content_weight:
+                    photo_rows.append(len(chip_inputs))
+                    chip_inputs.append(out.image * out.mask + target.image * (1 - out.mask))
+                    windows.append(target.window)
+                    warps.append(target.warp)
+            if s.random_pose_weight:
+                random_rows.append(len(chip_inputs))
+                chip_inputs.append(_random_render(
+                    model, renderer, identity_net, target, shared[sl], expression[sl], cam_b.detach(), light_b,
+                    texture, centre[sl], s, generator, windows, warps,
+                ))
+
+        terms: dict[str, Tensor] = {}
+        zero = torch.zeros(batch, dtype=dtype, device=device)
+        if pixel_terms:
+            terms["pixel"] = torch.cat(pixel_terms)
+        if chip_inputs:
+            chips = extract_chips(torch.cat(chip_inputs), windows, warps)
+            if s.content_weight:
+                embeddings, features = identity_net.features(chips)
+            else:
+                embeddings, features = identity_net.embed(chips), []
+            reference = torch.cat([t.embedding for t in targets])
+            if photo_rows:
+                terms["identity"] = identity_loss(embeddings[photo_rows], reference)
+                if features:
+                    refs = [torch.cat([t.features[i] for t in targets]) for i in range(len(features))]
+                    terms["content"] = content_loss([f[photo_rows] for f in features], refs)
+            if random_rows:
+                terms["random_pose"] = identity_loss(embeddings[random_rows], reference)
+        projected_all = torch.cat(projected)
+        terms["landmark"] = landmark_loss(projected_all, target_landmarks, iod)
+        prior = s.identity_prior_weight * coefficient_prior(identity)[0] + s.expression_prior_weight * coefficient_prior(expression, exp_std)
+        prior = prior + s.light_prior_weight * ((lights.colour + lights.ambient).mean(-1) - 1.0) ** 2
+        terms["prior"] = prior
+        weights = {"identity": s.identity_weight, "random_pose": s.random_pose_weight, "content": s.content_weight,
+                   "pixel": s.pixel_weight, "landmark": s.landmark_weight, "prior": 1.0}
+        total = sum((weights[k] * terms.get(k, zero)).mean() for k in weights)
+        total.backward()
+        optimiser.step()
+        pose_optimiser.step()
+        with torch.no_grad():
+            expression.clamp_(model.expression_min.to(dtype), model.expression_max.to(dtype))
+            identity.clamp_(-3.0, 3.0)
+            lights.colour.clamp_(0.0, 4.0)
+            lights.ambient.clamp_(0.0, 4.0)
+        values = {k: float(v.detach().mean()) for k, v in terms.items()}
+        values["total"] = float(total.detach())
+        for k in names:
+            history[k].append(values.get(k, 0.0))
+        mesh = None
+        if (step + 1) % MESH_EVERY == 0 or step + 1 == s.steps:
+            mesh = vertices[0].detach().cpu().numpy()
+        progress(ProgressEvent("fitting", step + 1, s.steps, values, vertices=mesh))
+
+    if s.steps:
+        log.info("joint stage: %s", ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
+    with torch.no_grad():
+        final_light = lights.light()
+    return JointFit(
+        pose=pose.detach(),
+        identity=identity.detach(),
+        expression=expression.detach(),
+        light=final_light.detach(),
+        losses=history,
+    )
+
+
+def _split(camera: Camera) -> list[Camera]:
+    return [Camera(camera.position[i : i + 1], camera.look_at[i : i + 1], camera.up[i : i + 1], camera.focal[i : i + 1])
+            for i in range(camera.batch_size)]
+
+
+def _random_render(
+    model: ShapeModel,
+    renderer: MeshRenderer,
+    identity_net: IdentityNetwork,
+    target: PhotoTarget,
+    identity: Tensor,
+    expression: Tensor,
+    camera: Camera,
+    light: PointLight,
+    texture: Tensor,
+    centre: Tensor,
+    s: JointStageSettings,
+    generator: torch.Generator,
+    windows: list[Window],
+    warps: list[ChipWarp],
+) -> Tensor:
+    """Eq. 8: the head with a random pose, expression and light, over a plain background, in a
+    window around its own chip (appended to ``windows``/``warps``). Returns (1, 3, R, R)."""
+    dtype, device = expression.dtype, expression.device
+    size = s.render_size
+
+    def uniform(shape: tuple[int, ...], low: float, high: float) -> Tensor:
+        return (low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)).to(device)
+
+    yaw = math.radians(s.random_yaw_degrees) * float(uniform((1,), -1, 1))
+    pitch = math.radians(s.random_pitch_degrees) * float(uniform((1,), -1, 1))
+    view = random_view(camera, centre, yaw, pitch)
+    # A few random expression weights on top of the fitted ones.
+    boost = uniform(tuple(expression.shape), 0, s.random_expression) * (uniform(tuple(expression.shape), 0, 1) < 0.15)
+    expr = torch.clamp(expression + boost, model.expression_min.to(dtype), model.expression_max.to(dtype))
+    vertices = model.vertices(identity, expr)
+    # The light turned about the head centre by up to ``random_light`` radians, its colour
+    # scaled by up to that fraction.
+    turn = axis_angle_to_matrix(uniform((1, 3), -s.random_light, s.random_light))
+    position = centre + ((light.position - centre)[:, None, :] @ turn.transpose(-1, -2))[:, 0]
+    colour = light.colour * (1 + uniform((1, 3), -s.random_light, s.random_light))
+    random_light = PointLight(position, colour, light.ambient)
+    width, height = target.size
+    with torch.no_grad():
+        marks = view.project(vertices[:, model.landmark_indices], width, height)[0, :, :2].cpu().numpy()
+    warp = ChipWarp(identity_net.chip_transform(marks), identity_net.chip_size)
+    window = warp.window()
+    out = renderer(vertices, texture, view, random_light, size, size, image_size=target.size, window=window)
+    windows.append(window)
+    warps.append(warp)
+    return out.image * out.mask + target.background * (1 - out.mask)
