@@ -29,6 +29,7 @@ demo: $(STAMP)
 # (as in real use, where the engine is a separate process).
 test: $(STAMP)
 	$(BIN)/python -m pytest --ignore=tests/blender
+	$(BIN)/python -m mypy --config-file mypy-blender.ini
 	$(BIN)/python -m pytest tests/blender
 
 bench: $(STAMP)

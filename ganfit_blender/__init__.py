@@ -1,20 +1,25 @@
-"""GANFit for Blender: import ganfit face reconstructions as a lit, camera-matched head.
+"""GANFit for Blender: reconstruct a face from a photo, or import a ganfit result, as a
+textured, lit, camera-matched head with expression sliders.
 
 This add-on never imports torch: the engine runs as a separate process (``engine_client``,
-started by **Reconstruct Face** in ``reconstruct_op``), and the result folders it writes are
-read here with numpy alone (``result_reader``).
+started by **Reconstruct Face** in ``reconstruct_op``) in a Python environment of its own
+(``preferences``: chosen, detected, or made by **Set up backend** in ``backend_setup``), and the
+result folders it writes are read here with numpy alone (``result_reader``).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import export_ops, expressions, reconstruct_op, result_reader, scene_import
+from . import export_ops, expressions, preferences, reconstruct_op, result_reader, scene_import
+
+if TYPE_CHECKING:
+    from bpy.stub_internal.rna_enums import OperatorReturnItems
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,8 @@ class GANFIT_OT_import_result(bpy.types.Operator):
     bl_label = "Import GANFit Result"
     bl_options = {"REGISTER", "UNDO"}
 
+    # bpy.props functions are typed as returning None in fake-bpy-module; in Blender they
+    # return the property definitions that these annotations declare.
     directory: StringProperty(  # type: ignore[valid-type]
         name="Result folder",
         description="Folder holding result.json, as written by ganfit reconstruct",
@@ -52,7 +59,7 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         default=True,
     )
 
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         if not self.directory:
             self.report({"ERROR"}, "Choose a ganfit result folder (the folder holding result.json)")
             return {"CANCELLED"}
@@ -74,31 +81,12 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         self.report({"INFO"}, f"Imported {built.collection.name}")
         return {"FINISHED"}
 
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        context.window_manager.fileselect_add(self)
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
+        wm = context.window_manager
+        if wm is None:
+            return self.execute(context)
+        wm.fileselect_add(self)
         return {"RUNNING_MODAL"}
-
-
-class GANFIT_AP_preferences(bpy.types.AddonPreferences):
-    """Where the engine runs: a Python interpreter with ``ganfit`` installed."""
-
-    bl_idname = __package__
-
-    python_path: StringProperty(  # type: ignore[valid-type]
-        name="Engine Python",
-        description=(
-            "Python interpreter that has the ganfit engine installed; empty: $GANFIT_PYTHON, "
-            "else python3 on PATH if it can import ganfit"
-        ),
-        subtype="FILE_PATH",
-    )
-
-    def draw(self, context: Any) -> None:
-        layout = self.layout
-        layout.prop(self, "python_path")
-        if not self.python_path:
-            found = reconstruct_op.engine_python(context)
-            layout.label(text=f"Detected: {found}" if found else "No engine Python detected", icon="INFO")
 
 
 class GANFIT_PT_main(bpy.types.Panel):
@@ -110,27 +98,31 @@ class GANFIT_PT_main(bpy.types.Panel):
     bl_region_type = "UI"
     bl_category = "GANFit"
 
-    def draw(self, context: Any) -> None:
+    def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
+        if layout is None:
+            return
         reconstruct_op.draw_panel(layout, context)
         layout.operator(GANFIT_OT_import_result.bl_idname, icon="IMPORT")
         obj = context.active_object
-        if obj is not None and "ganfit_result" in obj:
+        if obj is not None and "ganfit_result" in obj.keys():
             layout.label(text=Path(str(obj["ganfit_result"])).name, icon="USER")
-            keys = obj.data.shape_keys if obj.type == "MESH" else None
+            keys = obj.data.shape_keys if isinstance(obj.data, bpy.types.Mesh) else None
             if keys is not None:
                 layout.label(text=f"{len(keys.key_blocks) - 1} expression shape keys")
             layout.operator(export_ops.GANFIT_OT_export_head.bl_idname, icon="EXPORT")
 
 
-_CLASSES = (GANFIT_AP_preferences, GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES, *export_ops.CLASSES)
+_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES, *export_ops.CLASSES)
 
 
-def _menu_import(self: Any, context: Any) -> None:
-    self.layout.operator(GANFIT_OT_import_result.bl_idname, text="GANFit Result (folder)")
+def _menu_import(self: bpy.types.Menu, context: bpy.types.Context) -> None:
+    if self.layout is not None:
+        self.layout.operator(GANFIT_OT_import_result.bl_idname, text="GANFit Result (folder)")
 
 
 def register() -> None:
+    preferences.register()
     reconstruct_op.register()
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
@@ -142,3 +134,4 @@ def unregister() -> None:
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)
     reconstruct_op.unregister()  # also stops the engine process
+    preferences.unregister()  # also stops a running backend set-up

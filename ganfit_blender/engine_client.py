@@ -9,6 +9,7 @@ in a temporary folder (``log_path``); error messages point there.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
@@ -16,10 +17,16 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROTOCOL_VERSION", "EngineClient", "EngineError", "detect_python", "check_python"]
+__all__ = [
+    "PROTOCOL_VERSION", "Candidate", "EngineClient", "EngineError", "check_python", "detect_python",
+    "python_candidates",
+]
+
+log = logging.getLogger(__name__)
 
 #: The protocol version this client speaks (the engine's ``ready`` event must carry it).
 PROTOCOL_VERSION = 1
@@ -44,7 +51,7 @@ def _last_line(path: Path | None) -> str:
 
 def check_python(python: str, timeout: float = 60.0) -> None:
     """Raise ``EngineError`` unless ``python`` exists and can ``import ganfit``."""
-    exe = shutil.which(python) if not os.path.sep in python else python
+    exe = shutil.which(python) if os.path.sep not in python else python
     if not exe or not Path(exe).is_file():
         raise EngineError(f"engine Python interpreter not found: {python!r}; set it in the GANFit add-on preferences")
     try:
@@ -57,20 +64,69 @@ def check_python(python: str, timeout: float = 60.0) -> None:
         raise EngineError(f"'ganfit' is not importable with {python} ({detail}); install the engine there or choose another interpreter")
 
 
-def detect_python() -> str:
-    """The engine interpreter when none is set: ``$GANFIT_PYTHON``, else ``python3`` on PATH if
-    ``import ganfit`` works there; "" when neither."""
+@dataclass(frozen=True)
+class Candidate:
+    """A Python interpreter that may run the engine, and where the add-on found it."""
+
+    python: str
+    source: str  # for the preferences: "GANFIT_PYTHON", "backend set-up", "ganfit on PATH", ...
+
+
+def _script_python(script: Path) -> str | None:
+    """The interpreter a console script (``ganfit``) runs with: a ``python`` beside it (a
+    venv's bin/ or Scripts/), else the script's ``#!`` line."""
+    for name in ("python", "python3", "python.exe"):
+        sibling = script.parent / name
+        if sibling.is_file():
+            return str(sibling)
+    try:
+        with open(script, "rb") as handle:
+            first = handle.readline(512).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if first.startswith("#!") and "python" in first:
+        exe = first[2:].strip().split()[0]
+        return exe if Path(exe).is_file() else None
+    return None
+
+
+def python_candidates(venv_python: Path | None = None) -> list[Candidate]:
+    """Where to look for an engine when the preferences name none, in this order:
+    ``$GANFIT_PYTHON``, the backend set-up's environment, the Python of a ``ganfit`` command on
+    PATH, ``python3`` on PATH. Nothing is run here."""
+    found: list[Candidate] = []
     env = os.environ.get("GANFIT_PYTHON", "").strip()
     if env:
-        return env
-    found = shutil.which("python3")
-    if found:
+        found.append(Candidate(env, "GANFIT_PYTHON"))
+    if venv_python is not None:
+        found.append(Candidate(str(venv_python), "backend set-up"))
+    script = shutil.which("ganfit")
+    if script:
+        python = _script_python(Path(script))
+        if python:
+            found.append(Candidate(python, "ganfit on PATH"))
+    python3 = shutil.which("python3")
+    if python3:
+        found.append(Candidate(python3, "python3 on PATH"))
+    unique: dict[str, Candidate] = {}
+    for candidate in found:
+        unique.setdefault(candidate.python, candidate)
+    return list(unique.values())
+
+
+def detect_python(venv_python: Path | None = None, timeout: float = 30.0) -> Candidate | None:
+    """The first of ``python_candidates`` that can ``import ganfit``; None when none can.
+    ``$GANFIT_PYTHON`` is taken as it is (the user chose it: errors then name it)."""
+    for candidate in python_candidates(venv_python):
+        if candidate.source == "GANFIT_PYTHON":
+            return candidate
         try:
-            check_python(found, timeout=30.0)
-        except EngineError:
-            return ""
-        return found
-    return ""
+            check_python(candidate.python, timeout=timeout)
+        except EngineError as exc:
+            log.info("engine Python candidate %s (%s) rejected: %s", candidate.python, candidate.source, exc)
+            continue
+        return candidate
+    return None
 
 
 class EngineClient:

@@ -4,13 +4,16 @@ and FBX exporters (issue 3, item 6), so renders and game engines get the sliders
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from .expressions import ganfit_head
 from .scene_import import select_only
+
+if TYPE_CHECKING:
+    from bpy.stub_internal.rna_enums import OperatorReturnItems
 
 
 class GANFIT_OT_export_head(bpy.types.Operator):
@@ -20,6 +23,8 @@ class GANFIT_OT_export_head(bpy.types.Operator):
     bl_label = "Export Head"
     bl_options = {"REGISTER"}
 
+    # bpy.props functions are typed as returning None in fake-bpy-module; in Blender they
+    # return the property definitions that these annotations declare.
     filepath: StringProperty(subtype="FILE_PATH")  # type: ignore[valid-type]
     format: EnumProperty(  # type: ignore[valid-type]
         name="Format",
@@ -29,10 +34,10 @@ class GANFIT_OT_export_head(bpy.types.Operator):
     )
 
     @classmethod
-    def poll(cls, context: Any) -> bool:
+    def poll(cls, context: bpy.types.Context) -> bool:
         return ganfit_head(context) is not None
 
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         if not self.filepath:
             self.report({"ERROR"}, "Choose a file to export to")
             return {"CANCELLED"}
@@ -42,27 +47,36 @@ class GANFIT_OT_export_head(bpy.types.Operator):
             self.report({"ERROR"}, f"{path.parent}: folder does not exist; choose an existing folder")
             return {"CANCELLED"}
         head = ganfit_head(context)
+        if head is None:
+            self.report({"ERROR"}, "Select a GANFit head to export")
+            return {"CANCELLED"}
         select_only(context, head)
+        # fake-bpy types operator calls as returning None; Blender returns {'FINISHED'} etc.
+        result: set[str]
         if self.format == "GLB":
-            result = bpy.ops.export_scene.gltf(
+            result = cast("set[str]", bpy.ops.export_scene.gltf(
                 filepath=str(path), export_format="GLB", use_selection=True,
                 export_morph=True, export_apply=False,
-            )
+            ))
         else:
-            result = bpy.ops.export_scene.fbx(
+            result = cast("set[str]", bpy.ops.export_scene.fbx(
                 filepath=str(path), use_selection=True, object_types={"MESH"},
                 path_mode="COPY", embed_textures=True, use_mesh_modifiers=False,
-            )
+            ))
         if result != {"FINISHED"}:
             self.report({"ERROR"}, f"Blender's exporter did not finish ({result}); see the system console")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Exported {path}")
         return {"FINISHED"}
 
-    def invoke(self, context: Any, event: Any) -> set[str]:
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
+        head = ganfit_head(context)
         if not self.filepath:
-            self.filepath = f"{ganfit_head(context).name}.glb"
-        context.window_manager.fileselect_add(self)
+            self.filepath = f"{head.name if head is not None else 'head'}.glb"
+        wm = context.window_manager
+        if wm is None:
+            return self.execute(context)
+        wm.fileselect_add(self)
         return {"RUNNING_MODAL"}
 
 

@@ -3,9 +3,12 @@ to go back to neutral or to the fitted expression (issue 3, item 5)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bpy
+
+if TYPE_CHECKING:
+    from bpy.stub_internal.rna_enums import OperatorReturnItems
 
 #: Custom property on the head object: {shape key name: fitted weight}, set on import.
 FITTED_PROPERTY = "ganfit_fitted_expression"
@@ -30,16 +33,24 @@ def group_of(name: str) -> str:
     return "Other"
 
 
-def ganfit_head(context: Any) -> Any | None:
+def ganfit_head(context: bpy.types.Context) -> bpy.types.Object | None:
     """The active object if it is an imported GANFit head with shape keys."""
     obj = context.active_object
-    if obj is None or obj.type != "MESH" or FITTED_PROPERTY not in obj or obj.data.shape_keys is None:
+    if obj is None or not isinstance(obj.data, bpy.types.Mesh) or FITTED_PROPERTY not in obj.keys():
         return None
-    return obj
+    return obj if obj.data.shape_keys is not None else None
 
 
-def _set_weights(obj: Any, weights: dict[str, float]) -> None:
-    for key in obj.data.shape_keys.key_blocks[1:]:
+def _shape_keys(obj: bpy.types.Object) -> list[bpy.types.ShapeKey]:
+    """The expression shape keys (all but the Basis) of a head ``ganfit_head`` returned."""
+    mesh = obj.data
+    if not isinstance(mesh, bpy.types.Mesh) or mesh.shape_keys is None:
+        return []
+    return list(mesh.shape_keys.key_blocks)[1:]
+
+
+def _set_weights(obj: bpy.types.Object, weights: dict[str, float]) -> None:
+    for key in _shape_keys(obj):
         key.value = float(weights.get(key.name, 0.0))
 
 
@@ -51,11 +62,14 @@ class GANFIT_OT_expression_reset(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     @classmethod
-    def poll(cls, context: Any) -> bool:
+    def poll(cls, context: bpy.types.Context) -> bool:
         return ganfit_head(context) is not None
 
-    def execute(self, context: Any) -> set[str]:
-        _set_weights(ganfit_head(context), {})
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
+        obj = ganfit_head(context)
+        if obj is None:
+            return {"CANCELLED"}
+        _set_weights(obj, {})
         return {"FINISHED"}
 
 
@@ -67,12 +81,15 @@ class GANFIT_OT_expression_restore(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     @classmethod
-    def poll(cls, context: Any) -> bool:
+    def poll(cls, context: bpy.types.Context) -> bool:
         return ganfit_head(context) is not None
 
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         obj = ganfit_head(context)
-        _set_weights(obj, dict(obj[FITTED_PROPERTY].to_dict()))
+        if obj is None:
+            return {"CANCELLED"}
+        fitted: Any = obj[FITTED_PROPERTY]  # an IDPropertyGroup: {shape key name: weight}
+        _set_weights(obj, {str(k): float(v) for k, v in fitted.to_dict().items()})
         return {"FINISHED"}
 
 
@@ -87,16 +104,18 @@ class GANFIT_PT_expressions(bpy.types.Panel):
     bl_parent_id = "GANFIT_PT_main"
 
     @classmethod
-    def poll(cls, context: Any) -> bool:
+    def poll(cls, context: bpy.types.Context) -> bool:
         return ganfit_head(context) is not None
 
-    def draw(self, context: Any) -> None:
+    def draw(self, context: bpy.types.Context) -> None:
         obj = ganfit_head(context)
         layout = self.layout
+        if obj is None or layout is None:
+            return
         row = layout.row(align=True)
         row.operator(GANFIT_OT_expression_reset.bl_idname, icon="LOOP_BACK")
         row.operator(GANFIT_OT_expression_restore.bl_idname, icon="RECOVER_LAST")
-        keys = obj.data.shape_keys.key_blocks[1:]
+        keys = _shape_keys(obj)
         for group in [g for g, _ in GROUPS] + ["Other"]:
             members = [k for k in keys if group_of(k.name) == group]
             if not members:

@@ -2,10 +2,13 @@
 and import its result.
 
 Invoked from the UI the operator is modal: a 0.1 s timer reads the engine's events, the
-window's progress bar and the header show stage and step, Esc cancels. Run from a script
-(``bpy.ops.ganfit.reconstruct()`` calls ``execute``) it blocks until the engine's terminal event.
-Either way the scene changes only on ``done``, through ``scene_import.import_result`` (all or
-nothing), so a failed, cancelled or crashed reconstruction leaves no objects behind.
+panel's progress bar, the window's progress cursor and the header show stage and step, Esc or
+the panel's Cancel button stops it. With *Live mesh* on, a preview head (``live_preview``)
+appears after the first fitting steps and moves as the fit goes on. Run from a script
+(``bpy.ops.ganfit.reconstruct()`` calls ``execute``) it blocks until the engine's terminal
+event. Either way the result enters the scene only on ``done``, through
+``scene_import.import_result`` (all or nothing), and the preview is always removed, so a
+failed, cancelled or crashed reconstruction leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,21 +19,30 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import bpy
-from bpy.props import EnumProperty, PointerProperty, StringProperty
+import bpy.utils.previews
+from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
 
 from . import result_reader, scene_import
-from .engine_client import EngineClient, EngineError, detect_python
+from .engine_client import EngineClient, EngineError
+from .live_preview import LivePreview, PreviewError
+from .preferences import engine_python
+
+if TYPE_CHECKING:
+    from bpy.stub_internal.rna_enums import OperatorReturnItems
 
 log = logging.getLogger(__name__)
 
-#: Engine options per quality preset ("DEFAULT": the engine's own defaults).
+#: Engine options per quality preset ("DEFAULT": the engine's own defaults: 300 landmark steps,
+#: 80 lighting steps, 60 full-objective steps, 1024 px texture).
 PRESETS: dict[str, dict[str, int]] = {
-    "FAST": {"steps": 150, "lighting_steps": 20, "texture_size": 512},
+    "FAST": {"steps": 150, "lighting_steps": 20, "fit_steps": 15, "texture_size": 512},
     "DEFAULT": {},
+    "HIGH": {"steps": 600, "lighting_steps": 160, "fit_steps": 150, "texture_size": 2048},
 }
 
 #: Seconds a synchronous (script) reconstruction may take before it is cancelled.
@@ -38,27 +50,42 @@ SYNC_TIMEOUT = 1800.0
 #: Seconds to wait for the engine's ``cancelled`` event before giving up on it.
 CANCEL_GRACE = 5.0
 
+#: Where each stage's progress starts on the bar, and its share of it.
+_STAGE_SPANS: dict[str, tuple[float, float]] = {
+    "detect": (0.0, 0.03), "landmarks": (0.03, 0.12), "lighting": (0.15, 0.15), "fitting": (0.3, 0.62),
+    "texture": (0.92, 0.05),
+}
+
 #: Called with every event of the running job (before the operator handles it); for tests and
 #: scripts that want to watch progress.
 EVENT_HOOKS: list[Callable[[dict[str, Any]], None]] = []
 
 _client: EngineClient | None = None
-_detected_python: str | None = None
+_photo_previews: bpy.utils.previews.ImagePreviewCollection | None = None  # photo thumbnails
 
 
-def engine_python(context: Any) -> str:
-    """The interpreter from the add-on preferences, else the detected one ("" when none)."""
-    global _detected_python
-    addon = context.preferences.addons.get(__package__)
-    path = str(getattr(addon.preferences, "python_path", "") or "") if addon is not None else ""
-    if path:
-        return bpy.path.abspath(path)
-    if _detected_python is None:
-        _detected_python = detect_python()
-    return _detected_python
+@dataclass
+class RunState:
+    """The running reconstruction, shared by the operator and the panel (one at a time)."""
+
+    job: str = ""
+    status: str = ""
+    fraction: float = 0.0
+    cancel_requested: bool = False
+
+    @property
+    def running(self) -> bool:
+        return bool(self.job)
+
+    def reset(self) -> None:
+        self.job, self.status, self.fraction, self.cancel_requested = "", "", 0.0, False
 
 
-def engine_client(context: Any = None) -> EngineClient | None:
+#: What the panel draws while a reconstruction runs.
+RUN = RunState()
+
+
+def engine_client(context: bpy.types.Context | None = None) -> EngineClient | None:
     """The add-on's engine client (created for the preferences' interpreter); None before the
     first reconstruction when ``context`` is None."""
     global _client
@@ -67,8 +94,8 @@ def engine_client(context: Any = None) -> EngineClient | None:
     python = engine_python(context)
     if not python:
         raise EngineError(
-            "no engine Python found: set the interpreter that has ganfit installed in the GANFit "
-            "add-on preferences (or the GANFIT_PYTHON environment variable)"
+            "no engine Python found: click Set up backend in the GANFit add-on preferences, or set "
+            "the interpreter that has ganfit installed there (or $GANFIT_PYTHON)"
         )
     if _client is not None and _client.python != python:
         _client.shutdown()
@@ -108,19 +135,69 @@ def output_folder(photo: Path) -> Path:
     return candidate
 
 
+def photo_thumbnail(path: str) -> bpy.types.ImagePreview | None:
+    """The photo's thumbnail (a ``bpy.utils.previews`` image preview, not a datablock, so the
+    artist's file gains nothing); None when the file is missing. Reloaded when it changes."""
+    if _photo_previews is None or not path:
+        return None
+    photo = Path(bpy.path.abspath(path))
+    try:
+        key = f"{photo}:{photo.stat().st_mtime_ns}"
+    except OSError:
+        return None
+    if key not in _photo_previews:
+        _photo_previews.load(key, str(photo), "IMAGE")
+    return _photo_previews[key]
+
+
+def request_options(settings: Any) -> dict[str, Any]:
+    """The protocol's ``options`` for the panel's settings: the quality preset and device."""
+    return {**PRESETS[settings.preset], "device": str(settings.device).lower()}
+
+
+def reconstruct_settings(context: bpy.types.Context) -> GANFIT_PG_reconstruct:
+    """The scene's Reconstruct settings (``scene.ganfit_reconstruct``)."""
+    scene = context.scene
+    if scene is None:
+        raise RuntimeError("no scene in this context")
+    return cast(GANFIT_PG_reconstruct, scene.ganfit_reconstruct)  # type: ignore[attr-defined]  # registered here
+
+
 class GANFIT_PG_reconstruct(bpy.types.PropertyGroup):
     """Reconstruct settings, stored on the scene (``scene.ganfit_reconstruct``)."""
 
-    photo: StringProperty(  # type: ignore[valid-type]
+    photo: StringProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Photo", description="Photo of one face (the largest face is used)", subtype="FILE_PATH"
     )
-    preset: EnumProperty(  # type: ignore[valid-type]
+    mode: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Mode",
+        items=[("GANFIT", "GANFit", "Fit shape, expression, camera, light and texture to the photo by "
+                "optimisation (paper 3); Fast-GANFit and GANFit++ come later")],
+        default="GANFIT",
+    )
+    preset: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Quality",
         items=[
-            ("FAST", "Fast", "150 landmark steps, 20 lighting steps, 512 px texture"),
-            ("DEFAULT", "Default", "The engine's default settings (slower, better)"),
+            ("FAST", "Fast", "150 landmark steps, 20 lighting steps, 15 full-objective steps, 512 px texture"),
+            ("DEFAULT", "Default", "The engine's defaults: 300 landmark, 80 lighting, 60 full-objective steps, 1024 px texture"),
+            ("HIGH", "High", "600 landmark, 160 lighting, 150 full-objective steps, 2048 px texture (slowest)"),
         ],
         default="DEFAULT",
+    )
+    device: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Device",
+        items=[
+            ("AUTO", "Auto", "An NVIDIA GPU (CUDA) if the engine's PyTorch can use one, else an Apple GPU (MPS), else the CPU"),
+            ("CPU", "CPU", "The processor: works everywhere"),
+            ("CUDA", "NVIDIA GPU", "CUDA: needs PyTorch built with CUDA (the standard Linux build)"),
+            ("MPS", "Apple GPU", "Metal (MPS) on Apple silicon Macs"),
+        ],
+        default="AUTO",
+    )
+    live_mesh: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Live mesh",
+        description="Show the head as it fits (a preview mesh, replaced by the result at the end)",
+        default=True,
     )
 
 
@@ -131,16 +208,23 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
     bl_label = "Reconstruct Face"
     bl_options = {"REGISTER"}
 
-    _timer: Any = None
+    _timer: bpy.types.Timer | None = None
     _job: str = ""
     _client: EngineClient | None = None
     _output: Path | None = None
     _cancel_at: float | None = None
-    _status: str = ""
+    _preview: LivePreview | None = None
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if RUN.running:
+            cls.poll_message_set("A reconstruction is running: cancel it or wait")
+            return False
+        return True
 
     # -- shared steps ----------------------------------------------------------------------
-    def _start(self, context: Any) -> bool:
-        settings = context.scene.ganfit_reconstruct
+    def _start(self, context: bpy.types.Context) -> bool:
+        settings = reconstruct_settings(context)
         if not settings.photo:
             self.report({"ERROR"}, "Choose a photo to reconstruct")
             return False
@@ -155,19 +239,24 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             job = uuid.uuid4().hex[:12]
             client.send({
                 "type": "reconstruct", "id": job, "photos": [str(photo)], "output": str(output),
-                "force": False, "options": dict(PRESETS[settings.preset]),
+                "force": False, "mode": str(settings.mode).lower(), "options": request_options(settings),
+                "mesh_updates": bool(settings.live_mesh),
             })
         except EngineError as exc:
             self.report({"ERROR"}, str(exc))
             return False
-        self._client, self._job, self._output = client, job, output
-        self._cancel_at, self._status = None, "starting the engine"
+        self._client, self._job, self._output, self._cancel_at = client, job, output, None
+        self._preview = LivePreview(job) if settings.live_mesh else None
+        RUN.reset()
+        RUN.job, RUN.status = job, "GANFit: starting the engine"
         return True
 
-    def _step(self, context: Any) -> set[str] | None:
+    def _step(self, context: bpy.types.Context) -> set[OperatorReturnItems] | None:
         """Handle the events that arrived; the operator's result once the job ended."""
         client = self._client
         assert client is not None
+        if RUN.cancel_requested and self._cancel_at is None:
+            self._cancel()
         dead = not client.alive() and client.reader_finished()  # before polling: no event lost
         for event in client.poll_events():
             if event.get("id") not in (self._job, None):
@@ -176,33 +265,59 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
                 hook(event)
             kind = event.get("type")
             if kind == "progress":
-                self._progress(context, event)
+                self._progress(event)
+            elif kind in ("topology", "mesh"):
+                self._show_mesh(context, event)
             elif kind == "done":
+                self._drop_preview()
                 return self._import(context, Path(str(event.get("result") or self._output)))
             elif kind == "cancelled":
+                self._drop_preview()
                 self.report({"WARNING"}, "Reconstruction cancelled")
                 return {"CANCELLED"}
             elif kind == "error":
+                self._drop_preview()
                 self.report({"ERROR"}, f"GANFit: {event.get('message')}")
                 return {"CANCELLED"}
+            # any other type: a newer engine's event this add-on does not know; ignored
         if dead:
+            self._drop_preview()
             detail = client.last_log_line()
             self.report({"ERROR"}, f"The engine stopped ({detail or 'no message'}); see {client.log_path}")
             return {"CANCELLED"}
         if self._cancel_at is not None and time.monotonic() - self._cancel_at > CANCEL_GRACE:
+            self._drop_preview()
             self.report({"WARNING"}, "Reconstruction cancelled (the engine did not answer; it is restarted next time)")
             client.shutdown(timeout=2)
             return {"CANCELLED"}
         return None
 
-    def _progress(self, context: Any, event: dict[str, Any]) -> None:
-        stage, step, total = event.get("stage"), int(event.get("step") or 0), int(event.get("total") or 0)
-        self._status = f"GANFit: {stage} {step}/{total} (Esc cancels)"
-        self._fraction = {"detect": 0.0, "landmarks": 0.05, "lighting": 0.55, "texture": 0.9}.get(str(stage), 0.0)
-        span = {"detect": 0.05, "landmarks": 0.5, "lighting": 0.35, "texture": 0.1}.get(str(stage), 0.0)
-        self._fraction += span * (step / total if total else 1.0)
+    def _progress(self, event: dict[str, Any]) -> None:
+        stage, step, total = str(event.get("stage")), int(event.get("step") or 0), int(event.get("total") or 0)
+        start, span = _STAGE_SPANS.get(stage, (RUN.fraction, 0.0))
+        RUN.fraction = start + span * (step / total if total else 1.0)
+        RUN.status = f"GANFit: {stage} {step}/{total}"
 
-    def _import(self, context: Any, folder: Path) -> set[str]:
+    def _show_mesh(self, context: bpy.types.Context, event: dict[str, Any]) -> None:
+        """Feed the live preview; a preview that fails is dropped, never the reconstruction."""
+        preview, scene = self._preview, context.scene
+        if preview is None or scene is None or self._cancel_at is not None:
+            return
+        try:
+            if event["type"] == "topology":
+                preview.topology(event)
+            else:
+                preview.update(scene, event)
+        except (PreviewError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            log.warning("live preview off for this reconstruction: %s", exc)
+            self._drop_preview()
+
+    def _drop_preview(self) -> None:
+        if self._preview is not None:
+            self._preview.remove()
+            self._preview = None
+
+    def _import(self, context: bpy.types.Context, folder: Path) -> set[OperatorReturnItems]:
         try:
             built = scene_import.import_result(context, folder)
         except result_reader.ResultError as exc:
@@ -217,34 +332,36 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         return {"FINISHED"}
 
     # -- script path -----------------------------------------------------------------------
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         if not self._start(context):
             return {"CANCELLED"}
         deadline = time.monotonic() + SYNC_TIMEOUT
-        while True:
-            result = self._step(context)
-            if result is not None:
-                return result
-            if time.monotonic() > deadline and self._cancel_at is None:
-                self._cancel()
-            time.sleep(0.05)
+        try:
+            while True:
+                result = self._step(context)
+                if result is not None:
+                    return result
+                if time.monotonic() > deadline and self._cancel_at is None:
+                    self._cancel()
+                time.sleep(0.05)
+        finally:
+            self._drop_preview()
+            RUN.reset()
 
     # -- UI path ---------------------------------------------------------------------------
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        if not self._start(context):
-            return {"CANCELLED"}
-        self._fraction = 0.0
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
         wm = context.window_manager
+        if wm is None or not self._start(context):
+            return {"CANCELLED"}
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 1000)
         wm.modal_handler_add(self)
         self._show(context)
         return {"RUNNING_MODAL"}
 
-    def modal(self, context: Any, event: Any) -> set[str]:
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:
         if event.type == "ESC" and event.value == "PRESS" and self._cancel_at is None:
-            self._cancel()
-            self._status = "GANFit: cancelling..."
+            RUN.cancel_requested = True
         elif event.type != "TIMER":
             return {"PASS_THROUGH"}
         result = self._step(context)
@@ -254,58 +371,114 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         self._finish(context)
         return result
 
-    def cancel(self, context: Any) -> None:  # Blender cancels the operator (e.g. file load)
+    def cancel(self, context: bpy.types.Context) -> None:  # Blender cancels the operator (e.g. file load)
         if self._cancel_at is None:
             self._cancel()
         self._finish(context)
 
     def _cancel(self) -> None:
         self._cancel_at = time.monotonic()
+        RUN.status = "GANFit: cancelling..."
+        self._drop_preview()
         try:
             if self._client is not None and self._client.alive():
                 self._client.send({"type": "cancel", "id": self._job})
         except EngineError:
             pass
 
-    def _show(self, context: Any) -> None:
-        context.window_manager.progress_update(int(1000 * getattr(self, "_fraction", 0.0)))
-        if context.area is not None:
-            context.area.header_text_set(self._status)
-        if context.workspace is not None:
-            context.workspace.status_text_set(self._status)
-
-    def _finish(self, context: Any) -> None:
+    def _show(self, context: bpy.types.Context) -> None:
+        text = f"{RUN.status} (Esc cancels)"
         wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-            self._timer = None
-        wm.progress_end()
+        if wm is not None:
+            wm.progress_update(int(1000 * RUN.fraction))
+            _redraw_sidebars(wm)
+        if context.area is not None:
+            context.area.header_text_set(text)
+        if context.workspace is not None:
+            context.workspace.status_text_set(text)
+
+    def _finish(self, context: bpy.types.Context) -> None:
+        self._drop_preview()
+        RUN.reset()
+        wm = context.window_manager
+        if wm is not None:
+            if self._timer is not None:
+                wm.event_timer_remove(self._timer)
+            wm.progress_end()
+            _redraw_sidebars(wm)
+        self._timer = None
         if context.area is not None:
             context.area.header_text_set(None)
         if context.workspace is not None:
             context.workspace.status_text_set(None)
 
 
-def draw_panel(layout: Any, context: Any) -> None:
+class GANFIT_OT_reconstruct_cancel(bpy.types.Operator):
+    """Stop the running reconstruction; nothing is added to the scene"""
+
+    bl_idname = "ganfit.reconstruct_cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return RUN.running and not RUN.cancel_requested
+
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
+        RUN.cancel_requested = True  # the running operator's next step sends the cancel
+        return {"FINISHED"}
+
+
+def _redraw_sidebars(wm: bpy.types.WindowManager) -> None:
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     """The Reconstruct part of the GANFit sidebar panel."""
-    settings = context.scene.ganfit_reconstruct
+    settings = reconstruct_settings(context)
     box = layout.box()
     box.prop(settings, "photo")
+    thumbnail = photo_thumbnail(settings.photo)
+    if thumbnail is not None and thumbnail.icon_id:
+        box.template_icon(icon_value=thumbnail.icon_id, scale=7.0)
+    elif settings.photo and thumbnail is None:
+        box.label(text="Photo not found", icon="ERROR")
+    box.prop(settings, "mode")
+    note = box.row()
+    note.enabled = False
+    note.label(text="Fast-GANFit and GANFit++: coming later")
     box.prop(settings, "preset")
-    box.operator(GANFIT_OT_reconstruct.bl_idname, icon="USER")
+    box.prop(settings, "device")
+    box.prop(settings, "live_mesh")
+    if RUN.running:
+        box.progress(factor=RUN.fraction, type="BAR", text=RUN.status.removeprefix("GANFit: "))
+        box.operator(GANFIT_OT_reconstruct_cancel.bl_idname, icon="CANCEL")
+    else:
+        box.operator(GANFIT_OT_reconstruct.bl_idname, icon="USER")
 
 
-CLASSES = (GANFIT_PG_reconstruct, GANFIT_OT_reconstruct)
+CLASSES = (GANFIT_PG_reconstruct, GANFIT_OT_reconstruct, GANFIT_OT_reconstruct_cancel)
 
 
 def register() -> None:
+    global _photo_previews
     for cls in CLASSES:
         bpy.utils.register_class(cls)
-    bpy.types.Scene.ganfit_reconstruct = PointerProperty(type=GANFIT_PG_reconstruct)
+    # bpy.props functions are typed as returning None in fake-bpy; Blender returns a property.
+    bpy.types.Scene.ganfit_reconstruct = PointerProperty(type=GANFIT_PG_reconstruct)  # type: ignore[attr-defined,func-returns-value]
+    _photo_previews = bpy.utils.previews.new()
 
 
 def unregister() -> None:
+    global _photo_previews
     shutdown_engine()
-    del bpy.types.Scene.ganfit_reconstruct
+    RUN.reset()
+    if _photo_previews is not None:
+        bpy.utils.previews.remove(_photo_previews)
+        _photo_previews = None
+    del bpy.types.Scene.ganfit_reconstruct  # type: ignore[attr-defined]  # registered above
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

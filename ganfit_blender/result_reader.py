@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "RESULT_FORMAT",
@@ -51,22 +52,28 @@ _NPZ_DTYPES: dict[str, type] = {
 MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+Int32Array = npt.NDArray[np.int32]
+
+
 class ResultError(Exception):
     """The folder is not a readable ganfit result; the message says what to do."""
 
 
-def model_to_blender(points: np.ndarray) -> np.ndarray:
+def model_to_blender(points: npt.ArrayLike) -> Float64Array:
     """Convert points or directions (..., 3) from model space to Blender space (float64)."""
-    return np.asarray(points, dtype=np.float64) @ MODEL_TO_BLENDER.T
+    converted: Float64Array = np.asarray(points, dtype=np.float64) @ MODEL_TO_BLENDER.T
+    return converted
 
 
 @dataclass(frozen=True)
 class CameraData:
     """The fitted pinhole camera, model space; ``focal`` = focal length / image width."""
 
-    position: np.ndarray
-    look_at: np.ndarray
-    up: np.ndarray
+    position: Float64Array
+    look_at: Float64Array
+    up: Float64Array
     focal: float
     width: int
     height: int
@@ -76,9 +83,9 @@ class CameraData:
 class LightData:
     """One point light (no distance falloff) plus ambient, linear RGB, model space."""
 
-    position: np.ndarray
-    colour: np.ndarray
-    ambient: np.ndarray
+    position: Float64Array
+    colour: Float64Array
+    ambient: Float64Array
 
 
 @dataclass(frozen=True)
@@ -86,14 +93,14 @@ class ResultData:
     """What the scene import needs from a result folder."""
 
     folder: Path
-    neutral_vertices: np.ndarray  # (V, 3) float32, model space
-    vertices: np.ndarray  # (V, 3) float32, fitted (neutral + weighted deltas)
-    faces: np.ndarray  # (F, 3) int32
-    uvs: np.ndarray  # (T, 2) float32, v up
-    uv_faces: np.ndarray  # (F, 3) int32 into uvs
+    neutral_vertices: Float32Array  # (V, 3) float32, model space
+    vertices: Float32Array  # (V, 3) float32, fitted (neutral + weighted deltas)
+    faces: Int32Array  # (F, 3) int32
+    uvs: Float32Array  # (T, 2) float32, v up
+    uv_faces: Int32Array  # (F, 3) int32 into uvs
     expression_names: list[str]
-    expression_weights: np.ndarray  # (E,) float32
-    expression_deltas: np.ndarray  # (E, V, 3) float32
+    expression_weights: Float32Array  # (E,) float32
+    expression_deltas: Float32Array  # (E, V, 3) float32
     camera: CameraData
     light: LightData
     texture_path: Path
@@ -107,7 +114,7 @@ class ResultData:
         return self.folder.name or "ganfit"
 
 
-def _vec3(value: Any, what: str) -> np.ndarray:
+def _vec3(value: Any, what: str) -> Float64Array:
     array = np.asarray(value, dtype=np.float64).reshape(-1)
     if array.shape != (3,) or not np.all(np.isfinite(array)):
         raise ValueError(f"{what} must be 3 finite numbers")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bpy
 
@@ -21,7 +21,7 @@ from .expressions import FITTED_PROPERTY
 import numpy as np
 from mathutils import Matrix, Vector
 
-from .result_reader import ResultData, model_to_blender, read_result
+from .result_reader import Float64Array, ResultData, model_to_blender, read_result
 
 __all__ = ["ImportOptions", "ImportedScene", "import_result", "import_result_data", "LIGHT_UNIT"]
 
@@ -51,21 +51,25 @@ class ImportOptions:
 class ImportedScene:
     """The datablocks one import created."""
 
-    collection: Any
-    head: Any
-    camera: Any
-    light: Any
-    material: Any
-    world: Any | None
+    collection: bpy.types.Collection
+    head: bpy.types.Object
+    camera: bpy.types.Object
+    light: bpy.types.Object
+    material: bpy.types.Material
+    world: bpy.types.World | None
+
+
+_ID = TypeVar("_ID", bound=bpy.types.ID)
+_Node = TypeVar("_Node", bound=bpy.types.Node)
 
 
 @dataclass
 class _Created:
     """Datablocks created so far, removed again (newest first) if the import fails."""
 
-    items: list[tuple[Any, Any]] = field(default_factory=list)
+    items: list[tuple[Any, bpy.types.ID]] = field(default_factory=list)
 
-    def add(self, collection: Any, block: Any) -> Any:
+    def add(self, collection: Any, block: _ID) -> _ID:
         self.items.append((collection, block))
         return block
 
@@ -79,22 +83,27 @@ class _Created:
 
 
 def import_result(
-    context: Any, path: Path | str, options: ImportOptions = ImportOptions()
+    context: bpy.types.Context, path: Path | str, options: ImportOptions = ImportOptions()
 ) -> ImportedScene:
     """Read the result folder at ``path`` and build it into ``context.scene``."""
     return import_result_data(context, read_result(path), options)
 
 
-def import_result_data(context: Any, data: ResultData, options: ImportOptions = ImportOptions()) -> ImportedScene:
+def import_result_data(
+    context: bpy.types.Context, data: ResultData, options: ImportOptions = ImportOptions()
+) -> ImportedScene:
     """Build an already-read result into ``context.scene``; all or nothing."""
+    scene = context.scene
+    if scene is None:
+        raise RuntimeError("no scene to import into; open a scene first")
     created = _Created()
     try:
         built = _build(data, options, created)
-        _link(context.scene, built, data, options)
+        _link(scene, built, data, options)
     except Exception:
         created.remove_all()
         raise
-    log.info("imported %s into scene %s", data.folder, context.scene.name)
+    log.info("imported %s into scene %s", data.folder, scene.name)
     return built
 
 
@@ -113,7 +122,7 @@ def _build(data: ResultData, options: ImportOptions, created: _Created) -> Impor
     return ImportedScene(collection, head, camera, light, material, world)
 
 
-def _link(scene: Any, built: ImportedScene, data: ResultData, options: ImportOptions) -> None:
+def _link(scene: bpy.types.Scene, built: ImportedScene, data: ResultData, options: ImportOptions) -> None:
     """The only step that touches the user's scene: simple assignments, after all is built."""
     scene.collection.children.link(built.collection)
     if built.world is not None:
@@ -124,22 +133,60 @@ def _link(scene: Any, built: ImportedScene, data: ResultData, options: ImportOpt
         scene.render.resolution_y = data.camera.height
         scene.render.resolution_percentage = 100
         scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
-    if options.match_engine_colour:
+    view = scene.view_settings
+    if options.match_engine_colour and view is not None:
         # The engine multiplies the texture's stored values by the shading and writes the
         # product straight to the image: no colour transform on either side.
-        scene.view_settings.view_transform = "Raw"
-        scene.view_settings.look = "None"
-        scene.view_settings.exposure = 0.0
-        scene.view_settings.gamma = 1.0
+        # fake-bpy types these enums as Literal['NONE']: their items come from the OCIO config
+        view.view_transform = "Raw"  # type: ignore[assignment]
+        view.look = "None"  # type: ignore[assignment]
+        view.exposure = 0.0
+        view.gamma = 1.0
 
 
-def _use_nodes(block: Any) -> None:
-    """Node trees are always on from Blender 5.0 (``use_nodes`` is deprecated there)."""
+def _node_tree(block: bpy.types.Material | bpy.types.World) -> bpy.types.ShaderNodeTree:
+    """The block's shader nodes, switched on (always on from Blender 5.0, where ``use_nodes``
+    is deprecated)."""
     if bpy.app.version < (5, 0, 0):
         block.use_nodes = True
+    tree = block.node_tree
+    if tree is None:
+        raise RuntimeError(f"{block.name}: Blender made no shader node tree")
+    return tree
 
 
-def _build_head(name: str, data: ResultData, material: Any, created: _Created) -> Any:
+def _node(tree: bpy.types.NodeTree, kind: type[_Node]) -> _Node:
+    """The tree's first node of ``kind`` (the default nodes a new material, world or light has)."""
+    found = next((n for n in tree.nodes if isinstance(n, kind)), None)
+    if found is None:
+        raise RuntimeError(f"{tree.name}: no {kind.__name__} node")
+    return found
+
+
+def _new_node(tree: bpy.types.NodeTree, kind: type[_Node]) -> _Node:
+    """A new node of ``kind`` in ``tree`` (``kind.__name__`` is Blender's node id name)."""
+    node = tree.nodes.new(kind.__name__)
+    if not isinstance(node, kind):
+        raise RuntimeError(f"{tree.name}: Blender made a {type(node).__name__}, not a {kind.__name__}")
+    return node
+
+
+def _connect(tree: bpy.types.NodeTree, source: bpy.types.Node, output: str, target: bpy.types.Node, input: str) -> None:
+    """Link ``source``'s output socket to ``target``'s input socket, by name (the stubs type
+    the node subclasses' socket collections as optional; Blender's nodes always have them)."""
+    outputs: Any = source.outputs
+    inputs: Any = target.inputs
+    tree.links.new(outputs[output], inputs[input])
+
+
+def _set_input(node: bpy.types.Node, name: str, value: Any) -> None:
+    """Set an input socket's default value (the socket's class, and so the value's type,
+    depends on the socket, which the stubs cannot know from its name)."""
+    socket: Any = node.inputs[name]
+    socket.default_value = value
+
+
+def _build_head(name: str, data: ResultData, material: bpy.types.Material, created: _Created) -> bpy.types.Object:
     """The neutral head with UVs, smooth shading and one shape key per expression."""
     mesh = created.add(bpy.data.meshes, bpy.data.meshes.new(f"{name} head"))
     neutral = model_to_blender(data.neutral_vertices)
@@ -179,27 +226,28 @@ def _build_head(name: str, data: ResultData, material: Any, created: _Created) -
     return obj
 
 
-def _build_material(name: str, data: ResultData, options: ImportOptions, created: _Created) -> Any:
+def _build_material(name: str, data: ResultData, options: ImportOptions, created: _Created) -> bpy.types.Material:
     """Image texture -> Principled BSDF with no specular: a Lambertian albedo like the engine's."""
     image = created.add(bpy.data.images, bpy.data.images.load(str(data.texture_path), check_existing=False))
     image.name = f"{name} texture"
-    image.colorspace_settings.name = "Non-Color" if options.match_engine_colour else "sRGB"
+    if image.colorspace_settings is not None:
+        # fake-bpy types this enum as Literal['NONE']: its items come from the OCIO config
+        image.colorspace_settings.name = "Non-Color" if options.match_engine_colour else "sRGB"  # type: ignore[assignment]
     material = created.add(bpy.data.materials, bpy.data.materials.new(f"{name} face"))
-    _use_nodes(material)
-    nodes, links = material.node_tree.nodes, material.node_tree.links
-    bsdf = next(n for n in nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
-    bsdf.inputs["Specular IOR Level"].default_value = 0.0
-    bsdf.inputs["Roughness"].default_value = 1.0
-    tex = nodes.new("ShaderNodeTexImage")
+    tree = _node_tree(material)
+    bsdf = _node(tree, bpy.types.ShaderNodeBsdfPrincipled)
+    _set_input(bsdf, "Specular IOR Level", 0.0)
+    _set_input(bsdf, "Roughness", 1.0)
+    tex = _new_node(tree, bpy.types.ShaderNodeTexImage)
     tex.image = image
     tex.interpolation = "Linear"  # the engine samples bilinearly, clamped at the border
     tex.extension = "EXTEND"
     tex.location = (bsdf.location.x - 350, bsdf.location.y)
-    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    _connect(tree, tex, "Color", bsdf, "Base Color")
     return material
 
 
-def _build_light(name: str, data: ResultData, created: _Created) -> Any:
+def _build_light(name: str, data: ResultData, created: _Created) -> bpy.types.Object:
     """The fitted point light, without distance falloff in Cycles.
 
     Cycles: a Light Falloff node (Constant) removes the 1/d^2 falloff. Its strength is 1/d0^2
@@ -213,6 +261,8 @@ def _build_light(name: str, data: ResultData, created: _Created) -> Any:
     centre = model_to_blender(data.vertices.mean(axis=0))
     d0 = max(float(np.linalg.norm(position - centre)), 1e-3)
     light_data = created.add(bpy.data.lights, bpy.data.lights.new(f"{name} light", "POINT"))
+    if not isinstance(light_data, bpy.types.PointLight):
+        raise RuntimeError(f"Blender made a {type(light_data).__name__}, not a point light")
     light_data.color = tuple(colour / peak) if peak > 0 else (1.0, 1.0, 1.0)
     light_data.energy = peak * LIGHT_UNIT * d0**2
     light_data.shadow_soft_size = 0.0  # a true point, as in the engine
@@ -220,17 +270,19 @@ def _build_light(name: str, data: ResultData, created: _Created) -> Any:
     light_data.use_shadow = False  # the engine's Phong model casts no shadows
     light_data.use_nodes = True
     tree = light_data.node_tree
-    emission = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeEmission")
-    falloff = tree.nodes.new("ShaderNodeLightFalloff")
-    falloff.inputs["Strength"].default_value = 1.0 / d0**2
+    if tree is None:
+        raise RuntimeError(f"{light_data.name}: Blender made no light node tree")
+    emission = _node(tree, bpy.types.ShaderNodeEmission)
+    falloff = _new_node(tree, bpy.types.ShaderNodeLightFalloff)
+    _set_input(falloff, "Strength", 1.0 / d0**2)
     falloff.location = (emission.location.x - 250, emission.location.y)
-    tree.links.new(falloff.outputs["Constant"], emission.inputs["Strength"])
+    _connect(tree, falloff, "Constant", emission, "Strength")
     obj = created.add(bpy.data.objects, bpy.data.objects.new(f"{name} light", light_data))
-    obj.location = Vector(position)
+    obj.location = Vector(position.tolist())
     return obj
 
 
-def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> Matrix:
+def camera_matrix(position: Float64Array, look_at: Float64Array, up: Float64Array) -> Matrix:
     """Camera-to-world matrix in Blender space (the camera looks down its -Z, +Y up) from
     model-space position, look-at point and up vector."""
     eye, target, up_b = (model_to_blender(v) for v in (position, look_at, up))
@@ -248,7 +300,7 @@ def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> 
     return matrix
 
 
-def _build_camera(name: str, data: ResultData, created: _Created) -> Any:
+def _build_camera(name: str, data: ResultData, created: _Created) -> bpy.types.Object:
     """The fitted pinhole camera, with the photo as its background image when it is found."""
     cam = data.camera
     cam_data = created.add(bpy.data.cameras, bpy.data.cameras.new(f"{name} camera"))
@@ -270,20 +322,22 @@ def _build_camera(name: str, data: ResultData, created: _Created) -> Any:
     return obj
 
 
-def _build_world(name: str, data: ResultData, created: _Created) -> Any:
+def _build_world(name: str, data: ResultData, created: _Created) -> bpy.types.World:
     """A world of the ambient colour: an unoccluded Lambertian point then receives
     albedo * ambient, the engine's ambient term (less in crevices, where Cycles occludes)."""
     world = created.add(bpy.data.worlds, bpy.data.worlds.new(f"{name} ambient"))
-    _use_nodes(world)
-    background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
+    background = _node(_node_tree(world), bpy.types.ShaderNodeBackground)
     ambient = np.maximum(data.light.ambient, 0.0)
-    background.inputs["Color"].default_value = (*ambient.tolist(), 1.0)
-    background.inputs["Strength"].default_value = 1.0
+    _set_input(background, "Color", (*ambient.tolist(), 1.0))
+    _set_input(background, "Strength", 1.0)
     return world
 
 
-def select_only(context: Any, obj: Any) -> None:
+def select_only(context: bpy.types.Context, obj: bpy.types.Object) -> None:
     """Make ``obj`` the only selected object and the active one (after import or for export)."""
-    for other in context.view_layer.objects:
+    view_layer = context.view_layer
+    if view_layer is None:
+        return
+    for other in view_layer.objects:
         other.select_set(other == obj)
-    context.view_layer.objects.active = obj
+    view_layer.objects.active = obj

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import subprocess
@@ -10,9 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-FAST = {"steps": 60, "lighting_steps": 5, "texture_size": 64}
+FAST = {"steps": 60, "lighting_steps": 5, "fit_steps": 3, "texture_size": 64}
 
 
 class Engine:
@@ -75,6 +77,42 @@ def test_reconstruct_reports_progress_and_writes_the_result(engine: Engine, grac
     assert (out / "result.json").is_file() and (out / "head.glb").is_file()
 
 
+def test_mesh_updates_stream_the_head_as_it_fits(engine: Engine, grace_path: Path, tmp_path: Path):
+    """Asked for, the engine sends the triangles once, then the vertices every MESH_EVERY steps
+    and at the landmark stage's end; the last one is (close to: later stages may still refine
+    it) the fitted head of the result."""
+    from ganfit.io.result import read_result
+
+    out = tmp_path / "live"
+    engine.send({"type": "reconstruct", "id": "m1", "photos": [str(grace_path)], "output": str(out),
+                 "options": FAST, "mesh_updates": True})
+    kinds: list[str] = []
+    meshes: list[dict] = []
+    topology: dict | None = None
+    while True:
+        event = engine.next(skip_progress=False)
+        kinds.append(event["type"])
+        if event["type"] == "topology":
+            topology = event
+        elif event["type"] == "mesh":
+            meshes.append(event)
+        elif event["type"] != "progress":
+            break
+    assert event["type"] == "done", event
+    assert kinds.count("topology") == 1 and kinds.index("topology") < kinds.index("mesh")
+    landmark_steps = [m["step"] for m in meshes if m["stage"] == "landmarks"]
+    assert landmark_steps == [25, 50, 60]  # every MESH_EVERY steps, and the stage's last
+    result = read_result(out, load_images=False)
+    assert topology is not None and topology["id"] == "m1"
+    faces = np.frombuffer(base64.b64decode(topology["faces"]), dtype="<i4").reshape(-1, 3)
+    np.testing.assert_array_equal(faces, result.faces)
+    last = np.frombuffer(base64.b64decode(meshes[-1]["vertices"]), dtype="<f4").reshape(-1, 3)
+    assert meshes[-1]["vertex_count"] == len(result.vertices) == topology["vertex_count"]
+    assert np.linalg.norm(last - result.vertices, axis=1).mean() < 2e-3  # metres
+    first = np.frombuffer(base64.b64decode(meshes[0]["vertices"]), dtype="<f4").reshape(-1, 3)
+    assert np.abs(first - last).max() > 1e-4  # the head changed shape while fitting
+
+
 def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_path: Path, tmp_path: Path):
     out = tmp_path / "cancelled"
     engine.send({"type": "reconstruct", "id": "r2", "photos": [str(grace_path)], "output": str(out),
@@ -101,6 +139,7 @@ def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_p
         ({"type": "reconstruct", "id": "e3", "photos": ["GRACE"], "output": "OUT", "options": {"colour": 1}}, "unknown option"),
         ({"type": "reconstruct", "id": "e4", "photos": [], "output": "OUT"}, "photos"),
         ({"type": "frobnicate", "id": "e5"}, "unknown request type"),
+        ({"type": "reconstruct", "id": "e6", "photos": ["GRACE"], "output": "OUT", "mode": "fast"}, "not available yet"),
     ],
 )
 def test_errors_are_events_and_the_engine_keeps_serving(engine: Engine, request_, needle, grace_path, coffee_path, tmp_path):

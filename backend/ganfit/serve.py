@@ -3,7 +3,9 @@
 A long-lived process speaking JSON lines: one request per line on stdin, one event per line on
 stdout; logs go to stderr. Models stay loaded between reconstructions. Reconstructions run on a
 worker thread, so ``cancel`` and ``status`` are answered while one runs; cancelling takes effect
-at the next optimisation step (well under a second) and writes nothing.
+at the next optimisation step (well under a second) and writes nothing. A client that asks for
+``mesh_updates`` also gets the head's triangles once (``topology``) and its vertices every few
+steps (``mesh``, inline base64), so it can show the head taking shape.
 
 The protocol is specified in docs/protocol.md; ``PROTOCOL_VERSION`` changes whenever a request
 or event changes incompatibly.
@@ -11,6 +13,7 @@ or event changes incompatibly.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
@@ -19,12 +22,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from . import __version__
 from .errors import GanfitError
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+
+#: Reconstruction modes a request may name; the others of DESIGN.md are not built yet.
+MODES = ("ganfit",)
+PLANNED_MODES = ("fast", "ganfit++")
+
+
+def encode_array(array: np.ndarray, dtype: str) -> str:
+    """Base64 of the array's bytes as little-endian ``dtype`` ('<f4', '<i4'), C order."""
+    data = np.ascontiguousarray(np.asarray(array), dtype=np.dtype(dtype))
+    return base64.b64encode(data.tobytes()).decode("ascii")
 
 
 class Cancelled(Exception):
@@ -38,20 +53,22 @@ class _Job:
         self.stage = "queued"
         self.step = 0
         self.total = 0
+        self.mesh_updates = False
+        self.topology_sent = False
 
 
 def _settings_from_options(options: dict[str, Any]):
     """FitSettings from a request's ``options`` (the CLI's names; unknown keys are an error)."""
     from .fit.settings import FitSettings
 
-    known = {"steps", "lighting_steps", "lr", "texture_size", "seed", "device", "face"}
+    known = {"steps", "lighting_steps", "fit_steps", "lr", "texture_size", "seed", "device", "face"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise GanfitError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     base = FitSettings()
-    landmark, appearance = base.landmark, base.appearance
+    landmark, appearance, joint = base.landmark, base.appearance, base.joint
     for key, value in options.items():
-        if key in ("steps", "lighting_steps", "texture_size", "seed", "face") and not isinstance(value, int):
+        if key in ("steps", "lighting_steps", "fit_steps", "texture_size", "seed", "face") and not isinstance(value, int):
             raise GanfitError(f"option {key}: expected a whole number, got {value!r}")
     if "steps" in options:
         landmark = replace(landmark, steps=max(1, options["steps"]))
@@ -59,11 +76,14 @@ def _settings_from_options(options: dict[str, Any]):
         landmark = replace(landmark, learning_rate=float(options["lr"]))
     if "lighting_steps" in options:
         appearance = replace(appearance, steps=max(1, options["lighting_steps"]))
+    if "fit_steps" in options:
+        joint = replace(joint, steps=max(0, options["fit_steps"]))
     if "texture_size" in options:
         appearance = replace(appearance, texture_size=min(4096, max(16, options["texture_size"])))
     return FitSettings(
         landmark=landmark,
         appearance=appearance,
+        joint=joint,
         seed=options.get("seed", 0),
         device=str(options.get("device", "cpu")),
         face_index=options.get("face"),
@@ -162,6 +182,12 @@ class Server:
             if not isinstance(output, str) or not output:
                 raise GanfitError("'output' must be the path of the result folder to write")
             force = bool(request.get("force", False))
+            mode = request.get("mode", "ganfit")
+            if mode in PLANNED_MODES:
+                raise GanfitError(f"mode {mode!r} is not available yet; use 'ganfit'")
+            if mode not in MODES:
+                raise GanfitError(f"unknown mode {mode!r}; use 'ganfit'")
+            job.mesh_updates = bool(request.get("mesh_updates", False))
             settings = _settings_from_options(request.get("options") or {})
             check_output_folder(Path(output), force=force)
             reconstructor = self._reconstructor(settings)
@@ -172,6 +198,9 @@ class Server:
                 job.stage, job.step, job.total = event.stage, event.step, event.total
                 self.emit({"type": "progress", "id": job.id, "stage": event.stage, "step": event.step,
                            "total": event.total, "losses": event.losses})
+                vertices = getattr(event, "vertices", None)
+                if job.mesh_updates and vertices is not None:
+                    self._emit_mesh(job, reconstructor, event.stage, event.step, vertices)
 
             result = reconstructor.reconstruct(photos[0], progress=progress)
             if job.cancel.is_set():
@@ -188,6 +217,17 @@ class Server:
         # Free the slot before the final event, so a request sent on seeing it finds us idle.
         self._job = None
         self.emit(final)
+
+    def _emit_mesh(self, job: _Job, reconstructor: Any, stage: str, step: int, vertices: np.ndarray) -> None:
+        """The head as it is now; before the job's first one, its triangles (``topology``)."""
+        vertices = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
+        if not job.topology_sent:
+            faces = reconstructor.model.faces.detach().cpu().numpy()
+            self.emit({"type": "topology", "id": job.id, "vertex_count": len(vertices),
+                       "face_count": len(faces), "faces": encode_array(faces, "<i4")})
+            job.topology_sent = True
+        self.emit({"type": "mesh", "id": job.id, "stage": stage, "step": step,
+                   "vertex_count": len(vertices), "vertices": encode_array(vertices, "<f4")})
 
     def _shutdown(self) -> None:
         job, worker = self._job, self._worker

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ganfit.fit.reconstruct import Reconstructor
-from ganfit.fit.settings import AppearanceStageSettings, FitSettings, LandmarkStageSettings
+from ganfit.fit.settings import AppearanceStageSettings, FitSettings, LandmarkStageSettings, JointStageSettings
 from ganfit.io.result import read_result, write_result
 from ganfit.io.samples import sample_photo
 from ganfit.render.camera import Camera
@@ -24,6 +24,7 @@ from ganfit.render.shading import PointLight
 FAST = FitSettings(
     landmark=LandmarkStageSettings(steps=100),
     appearance=AppearanceStageSettings(steps=5, texture_size=128),
+    joint=JointStageSettings(steps=3),
 )
 
 

@@ -1,15 +1,19 @@
 """Reconstruct Face in real Blender against the real engine (``python -m ganfit serve`` in a
-child process, this test run's own interpreter): errors, a killed engine, then a Fast
-reconstruction imported into the scene. torch never loads in this (Blender's) process."""
+child process, this test run's own interpreter): errors, a killed engine, Cancel, then a Fast
+reconstruction whose live preview mesh is replaced by the imported result. torch never loads
+in this (Blender's) process."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import BPY_MISSING
@@ -41,14 +45,91 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _reconstruct(photo: Path | str, preset: str = "FAST") -> set[str]:
+def _reconstruct(photo: Path | str, preset: str = "FAST", device: str = "CPU") -> set[str]:
     settings = bpy.context.scene.ganfit_reconstruct
-    settings.photo, settings.preset = str(photo), preset
+    settings.photo, settings.preset, settings.device, settings.live_mesh = str(photo), preset, device, True
     return bpy.ops.ganfit.reconstruct()
 
 
 def _objects() -> list[str]:
     return sorted(o.name for o in bpy.data.objects)
+
+
+def _preview_objects() -> list:
+    return [o for o in bpy.data.objects if "ganfit_preview" in o.keys()]
+
+
+def _nothing_left() -> bool:
+    return _objects() == [] and len(bpy.data.meshes) == 0 and len(bpy.data.collections) == 0
+
+
+class RecordingLayout:
+    """Stands in for Blender's UILayout (which only exists while a window draws): records what
+    a draw function puts in, and checks property names and operator ids the way Blender would."""
+
+    def __init__(self, log: list | None = None) -> None:
+        self.log: list = [] if log is None else log
+        self.enabled = True
+
+    def _child(self) -> "RecordingLayout":
+        return RecordingLayout(self.log)
+
+    box = row = column = lambda self, **kw: self._child()  # noqa: E731
+
+    def prop(self, data, name: str, **kw) -> None:
+        assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
+        self.log.append(("prop", name))
+
+    def operator(self, idname: str, **kw) -> None:
+        module, _, name = idname.partition(".")
+        assert hasattr(getattr(bpy.ops, module), name), f"no operator {idname}"
+        self.log.append(("operator", idname))
+
+    def label(self, text: str = "", **kw) -> None:
+        self.log.append(("label", text))
+
+    def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
+        assert 0.0 <= factor <= 1.0
+        self.log.append(("progress", text))
+
+    def template_icon(self, icon_value: int = 0, scale: float = 1.0) -> None:
+        self.log.append(("icon", icon_value))
+
+
+def test_panel_and_preferences_draw(addon, installed_addon: str, photos: dict[str, Path]) -> None:
+    bpy.context.scene.ganfit_reconstruct.photo = str(photos["grace_hopper"])
+    layout = RecordingLayout()
+    addon.draw_panel(layout, bpy.context)
+    assert {("prop", n) for n in ("photo", "mode", "preset", "device", "live_mesh")} <= set(layout.log)
+    assert ("operator", "ganfit.reconstruct") in layout.log
+    assert ("operator", "ganfit.reconstruct_cancel") not in layout.log
+
+    class PrefsProxy:  # the real preferences, drawing into a RecordingLayout (theirs is read-only)
+        def __init__(self, real, layout: RecordingLayout) -> None:
+            self._real, self.layout = real, layout
+
+        def __getattr__(self, name: str):
+            return getattr(self._real, name)
+
+    prefs = bpy.context.preferences.addons[installed_addon].preferences
+    preferences = sys.modules[f"{installed_addon}.preferences"]
+    recorded = RecordingLayout()
+    preferences.GANFIT_AP_preferences.draw(PrefsProxy(prefs, recorded), bpy.context)
+    assert ("prop", "python_path") in recorded.log and ("prop", "torch_build") in recorded.log
+    assert ("operator", "ganfit.setup_backend") in recorded.log
+
+
+def test_panel_settings_become_engine_options(addon, photos: dict[str, Path]) -> None:
+    settings = bpy.context.scene.ganfit_reconstruct
+    settings.preset, settings.device = "HIGH", "CUDA"
+    assert addon.request_options(settings) == {"steps": 600, "lighting_steps": 160, "fit_steps": 150, "texture_size": 2048, "device": "cuda"}
+    settings.preset, settings.device = "DEFAULT", "AUTO"
+    assert addon.request_options(settings) == {"device": "auto"}
+    assert [i.identifier for i in settings.bl_rna.properties["mode"].enum_items] == ["GANFIT"]
+    thumbnail = addon.photo_thumbnail(str(photos["grace_hopper"]))
+    assert thumbnail is not None and max(thumbnail.image_size) > 0  # decoded (icons need a window)
+    assert addon.photo_thumbnail(str(photos["grace_hopper"])) is thumbnail  # cached
+    assert addon.photo_thumbnail("/no/such/photo.jpg") is None
 
 
 def test_missing_photo_is_reported(addon, tmp_path: Path) -> None:
@@ -91,29 +172,76 @@ def test_no_face_is_reported(addon, photos: dict[str, Path]) -> None:
 
 
 def test_engine_killed_mid_way(addon, photos: dict[str, Path]) -> None:
+    """Killed while the live preview shows: reported, and the preview is gone too."""
     empty_scene()
+    meshes: list[int] = []
 
-    def kill_on_first_progress(event: dict) -> None:
-        if event["type"] == "progress" and "killed" not in _state:
-            client = addon.engine_client()
-            _state["killed"] = client.pid
-            os.kill(client.pid, signal.SIGKILL)
+    def kill_on_second_mesh(event: dict) -> None:
+        if event["type"] == "mesh":
+            meshes.append(len(_preview_objects()))
+            if len(meshes) == 2 and "killed" not in _state:
+                client = addon.engine_client()
+                _state["killed"] = client.pid
+                os.kill(client.pid, signal.SIGKILL)
 
-    addon.EVENT_HOOKS.append(kill_on_first_progress)
+    addon.EVENT_HOOKS.append(kill_on_second_mesh)
     try:
         with pytest.raises(RuntimeError, match="engine stopped.*see .*engine.log"):
             _reconstruct(photos["grace_hopper"])
     finally:
-        addon.EVENT_HOOKS.remove(kill_on_first_progress)
+        addon.EVENT_HOOKS.remove(kill_on_second_mesh)
     assert "killed" in _state
-    assert _objects() == [] and len(bpy.data.meshes) == 0 and len(bpy.data.collections) == 0
-    assert not addon.engine_client().alive()
+    assert meshes[:2] == [0, 1]  # the preview appeared with the first mesh event
+    assert _nothing_left()
+    assert not addon.engine_client().alive() and not addon.RUN.running
 
 
-def test_fast_reconstruction_imports_head_camera_light(addon, photos: dict[str, Path]) -> None:
-    """Runs after the kill test: the next reconstruction starts a fresh engine."""
+def test_cancel_button_stops_and_removes_the_preview(addon, photos: dict[str, Path]) -> None:
+    """The panel's Cancel (``ganfit.reconstruct_cancel``) pressed while the preview shows."""
     empty_scene()
-    assert _reconstruct(photos["grace_hopper"]) == {"FINISHED"}
+    pressed: list[float] = []
+
+    def cancel_on_second_mesh(event: dict) -> None:
+        if event["type"] == "mesh" and not pressed:
+            if _preview_objects():
+                layout = RecordingLayout()  # the panel while it runs: progress and Cancel
+                addon.draw_panel(layout, bpy.context)
+                assert ("operator", "ganfit.reconstruct_cancel") in layout.log
+                assert ("operator", "ganfit.reconstruct") not in layout.log
+                assert any(kind == "progress" and "landmarks" in text for kind, text in layout.log)
+                assert bpy.ops.ganfit.reconstruct_cancel() == {"FINISHED"}
+                pressed.append(time.monotonic())
+
+    addon.EVENT_HOOKS.append(cancel_on_second_mesh)
+    try:
+        assert _reconstruct(photos["grace_hopper"]) == {"CANCELLED"}
+    finally:
+        addon.EVENT_HOOKS.remove(cancel_on_second_mesh)
+    assert pressed and time.monotonic() - pressed[0] < 2.0
+    assert _nothing_left() and not addon.RUN.running
+    assert addon.engine_client().alive()  # cancelling keeps the engine for the next run
+
+
+def test_fast_reconstruction_imports_head_camera_light(addon, installed_addon: str, photos: dict[str, Path]) -> None:
+    """Runs after the kill test: the next reconstruction starts a fresh engine. The live
+    preview appears early, follows the mesh events, and the imported head replaces it."""
+    empty_scene()
+    seen: list[tuple[str, int, int]] = []  # (event type, preview objects, preview vertices)
+    last_preview: list[np.ndarray] = []
+
+    def watch(event: dict) -> None:
+        previews = _preview_objects()
+        seen.append((event["type"], len(previews), len(previews[0].data.vertices) if previews else 0))
+        if event["type"] == "done" and previews:
+            co = np.empty(len(previews[0].data.vertices) * 3, dtype=np.float32)
+            previews[0].data.vertices.foreach_get("co", co)
+            last_preview.append(co.reshape(-1, 3))
+
+    addon.EVENT_HOOKS.append(watch)
+    try:
+        assert _reconstruct(photos["grace_hopper"]) == {"FINISHED"}
+    finally:
+        addon.EVENT_HOOKS.remove(watch)
     client = addon.engine_client()
     assert client.alive()
     if "killed" in _state:
@@ -129,3 +257,14 @@ def test_fast_reconstruction_imports_head_camera_light(addon, photos: dict[str, 
     result = Path(head["ganfit_result"])
     assert (result / "result.json").is_file()
     assert "torch" not in sys.modules
+
+    kinds = [kind for kind, _, _ in seen]
+    assert kinds.count("topology") == 1 and kinds.count("mesh") >= 2 and kinds[-1] == "done"
+    first_mesh = kinds.index("mesh")
+    assert seen[first_mesh][1] == 0 and seen[first_mesh + 1][1] == 1  # built by the first mesh event
+    assert seen[-1][1:] == (1, len(head.data.vertices))  # one preview, the head's vertex count, until done
+    assert _preview_objects() == [] and not [c for c in bpy.data.collections if "ganfit_preview" in c.keys()]
+    reader = importlib.import_module(f"{installed_addon}.result_reader")
+    fitted = reader.model_to_blender(reader.read_result(result).vertices)
+    # the last update is the fitted head (within 2 mm: stages after the last mesh event may refine it)
+    assert np.linalg.norm(last_preview[0] - fitted, axis=1).mean() < 2e-3

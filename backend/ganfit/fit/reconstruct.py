@@ -173,15 +173,17 @@ class Reconstructor:
         vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression).detach()
         camera = stage1.pose.camera()
         lights = []
+        lighting_losses: list[float] = []
         for i, (photo, target) in enumerate(zip(photos, targets)):
             crop = FaceCrop(window=target.window, image=target.image, region=target.region)
             lit = fit_lighting(self.renderer, vertices[i : i + 1], _view(camera, i), photo.size, crop, app, progress)
             lights.append(lit.light)
+            lighting_losses += lit.losses if i == 0 else []
         light = _cat_lights(lights)
         texture = self._texture(pixels, vertices, camera, light, size=min(app.texture_size, 1024))
 
         pose = stage1.pose
-        losses: dict[str, list[float]] = {"landmarks": stage1.losses}
+        losses: dict[str, list[float]] = {"landmarks": stage1.losses, "lighting": lighting_losses}
         if use_identity:
             fit = fit_joint(
                 self.model, self.renderer, self.identity_network, targets, pose, identity, expression, light,
