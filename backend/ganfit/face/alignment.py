@@ -119,13 +119,16 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def extract_chips(images: Tensor, windows: list[Window], warps: list[ChipWarp]) -> Tensor:
-    """Chips (B, C, S, S) from window images (B, C, R, R), one window and warp per image.
+def extract_chips(images: Tensor | list[Tensor], windows: list[Window], warps: list[ChipWarp]) -> Tensor:
+    """Chips (B, C, S, S) from window images (B, C, R, R) (or a list of (1, C, R_i, R_i)), one
+    window and warp per image.
 
     Each window image is low-pass filtered to the chip's sampling rate (when the window has more
     pixels per chip pixel than one) and sampled bilinearly: differentiable w.r.t. ``images``.
     """
     chips = []
+    if isinstance(images, list):
+        images = [image for batch in images for image in batch]
     for image, window, warp in zip(images, windows, warps):
         size = image.shape[-1]
         window_px_per_chip_px = warp.scale * size / (window[2] - window[0])

@@ -235,7 +235,7 @@ def fit_joint(
         if pixel_terms:
             terms["pixel"] = torch.cat(pixel_terms)
         if chip_inputs:
-            chips = extract_chips(torch.cat(chip_inputs), windows, warps)
+            chips = extract_chips(chip_inputs, windows, warps)
             if s.content_weight:
                 embeddings, features = identity_net.features(chips)
             else:
@@ -310,7 +310,7 @@ def _random_render(
     """Eq. 8: the head with a random pose, expression and light, over a plain background, in a
     window around its own chip (appended to ``windows``/``warps``). Returns (1, 3, R, R)."""
     dtype, device = expression.dtype, expression.device
-    size = s.render_size
+    size = s.random_render_size
 
     def uniform(shape: tuple[int, ...], low: float, high: float) -> Tensor:
         return (low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)).to(device)

@@ -43,7 +43,10 @@ class JointStageSettings:
     steps: int = 60  # 0 skips the stage (the landmark-only fit)
     learning_rate: float = 0.01  # the paper's Adam rate, for identity/expression/light
     pose_learning_rate: float = 0.002  # rotation (rad) and log-depth move less per step
-    render_size: int = 224
+    render_size: int = 224  # the photo-view render (face window) and the pixel loss
+    # The random-pose render only feeds the identity network: its window hugs the 150 px chip,
+    # so 160 px keeps about one render pixel per chip pixel at 2/3 of the cost of 224.
+    random_render_size: int = 160
     identity_weight: float = 1.0  # eq. 9, cosine distance photo vs render in the photo's pose
     random_pose_weight: float = 1.0  # eq. 8, the same for a render with random pose/expression/light
     content_weight: float = 0.5  # eq. 10, normalised distances of intermediate activations
