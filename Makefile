@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_renderer.py
 	$(BIN)/python benchmarks/bench_landmark_fit.py
 	$(BIN)/python benchmarks/landmark_accuracy.py
+	$(BIN)/python benchmarks/bench_identity_network.py
+	$(BIN)/python benchmarks/bench_joint_step.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
