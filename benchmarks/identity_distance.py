@@ -14,7 +14,11 @@ the photo to
 dlib calls two faces the same person below 0.6. Prints a table and writes
 benchmarks/results/identity.txt (and, with ``--markdown FILE``, a Markdown table).
 
-    python benchmarks/identity_distance.py [--device cuda] [--photos N] [PHOTO ...]
+    python benchmarks/identity_distance.py [--device cuda] [--photos-limit N] [PHOTO ...]
+
+``--save-landmarks FILE`` writes dlib's 68 landmarks of every photo to an .npz;
+``--landmarks FILE`` uses them instead of running dlib's 100 MB landmark model (for a machine
+that lacks it, such as the project's GPU box); detection and judging still use dlib.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import numpy as np
 import torch
 from report import publish
 
+from ganfit.face.detection import FaceDetector, default_detector, find_face
 from ganfit.face.recognition import default_model_path
 from ganfit.fit.joint_stage import random_view
 from ganfit.fit.reconstruct import Reconstructor
-from ganfit.fit.settings import FitSettings
+from ganfit.fit.settings import FitSettings, JointStageSettings
 from ganfit.io.images import load_photo
 from ganfit.io.result import Reconstruction
 from ganfit.io.samples import sample_photo
@@ -94,6 +99,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos-limit", type=int, default=None, help="only the first N photos")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here")
+    parser.add_argument("--save-landmarks", type=Path, default=None, help="write the photos' landmarks here and stop")
+    parser.add_argument("--landmarks", type=Path, default=None, help="landmarks saved by --save-landmarks")
+    parser.add_argument("--joint", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a JointStageSettings field (tuning, ablations), e.g. --joint steps=120")
+    parser.add_argument("--name", default="identity", help="results file name (benchmarks/results/NAME.txt)")
     args = parser.parse_args()
     photos = args.photos or default_photos()
     if args.photos_limit:
@@ -103,13 +113,32 @@ def main() -> int:
         print(f"identity_distance: {missing[0]}: not found (UTKFace lives in ../shared/data/utkface)", file=sys.stderr)
         return 2
 
-    full_settings = FitSettings(device=args.device)
+    if args.save_landmarks:
+        detector = default_detector()
+        marks = {p.name: find_face(load_photo(p), None, detector).landmarks for p in photos}
+        np.savez(args.save_landmarks, **marks)
+        print(f"wrote landmarks of {len(marks)} photos to {args.save_landmarks}")
+        return 0
+    detector = None
+    if args.landmarks:
+        saved = dict(np.load(args.landmarks))
+        current: dict[str, np.ndarray] = {}
+        detector = FaceDetector(landmarker=lambda pixels, box: current["landmarks"])
+
+    overrides = {}
+    for item in args.joint:
+        key, _, value = item.partition("=")
+        kind = type(getattr(JointStageSettings(), key))
+        overrides[key] = kind(float(value)) if kind is int else kind(value)
+    full_settings = FitSettings(device=args.device, joint=JointStageSettings(**overrides))
     landmark_settings = replace(full_settings, joint=replace(full_settings.joint, steps=0))
-    reconstructor = Reconstructor(full_settings)
+    reconstructor = Reconstructor(full_settings, detector=detector)
     judge = DlibJudge()
     rows = []
     for path in photos:
         photo = load_photo(path)
+        if args.landmarks:
+            current["landmarks"] = saved[path.name]
         pixels = np.array(photo.pixels)
         row: dict[str, float | str] = {"photo": path.name.split(".")[0][:24]}
         for label, settings in (("lmk", landmark_settings), ("full", full_settings)):
@@ -135,7 +164,9 @@ def main() -> int:
               f"{'lmk err':>7} | {'fit s':>5}")
     lines = [
         f"dlib descriptor distance to the photo (dlib's same-person threshold {SAME_PERSON}); landmark-only fit vs full objective",
-        f"device {reconstructor.device}; full objective: {full_settings.joint.steps} steps",
+        f"device {reconstructor.device} ({torch.get_num_threads()} threads); full objective: {full_settings.joint.steps} steps"
+        f"{' (' + ', '.join(args.joint) + ')' if args.joint else ''}; "
+        f"landmarks {'from ' + args.landmarks.name if args.landmarks else 'by dlib'}",
         header,
         "-" * len(header),
     ]
@@ -148,7 +179,7 @@ def main() -> int:
                  f"{mean('lmk_turned'):21.3f} | {mean('full_turned'):6.3f} | {mean('full_lmk'):7.2%} | {mean('full_s'):5.1f}")
     lines.append(f"full objective closer than landmark-only: overlay {better}/{len(rows)}, turned {better_turned}/{len(rows)}; "
                  f"mean overlay distance {'under' if mean('full_overlay') < 0.5 else 'NOT under'} 0.5")
-    publish("identity", lines)
+    publish(args.name, lines)
     if args.markdown:
         md = ["| photo | overlay, landmark-only | overlay, full | turned 25°, landmark-only | turned 25°, full | landmark error |",
               "|---|---:|---:|---:|---:|---:|"]
