@@ -1,0 +1,501 @@
+"""StyleGAN2-style UV texture generator and discriminator (paper 3.1), and the fitting-side model.
+
+Why StyleGAN2 rather than the paper's progressive GAN: it trains at full resolution from the
+start (no growing schedule to resume mid-phase), its W space is a better-behaved latent for
+fitting than Z, and its pieces are small. What is kept from Karras et al. 2020 (written here from
+the paper's description, not copied):
+
+- mapping network: ``z`` normalised to unit second moment, ``mapping_layers`` fully connected
+  layers with a 0.01 learning-rate multiplier, giving ``w``; the running mean ``w_avg`` is tracked
+  for truncation and as the fitting's start.
+- synthesis: a learned 4x4 constant, then per resolution two 3x3 modulated convolutions
+  (style = affine(w), weights demodulated so each output feature has unit expected variance),
+  optional per-pixel noise with a learned strength, and a skip architecture: a 1x1 modulated
+  ``toRGB`` per resolution whose output is upsampled and summed. Up-sampling is bilinear x2,
+  which is exactly StyleGAN2's [1, 3, 3, 1] FIR up-sampling filter, followed by the 3x3 conv.
+  Modulation is applied to activations and demodulation as a per-sample output scale (the
+  "non-fused" form): the same function as the grouped-convolution form, with plain convolutions
+  that run well on CPU, CUDA and under autocast.
+- discriminator: residual blocks (two 3x3 convs, 2x2 average-pooled 1x1 shortcut, sum scaled by
+  1/sqrt 2), minibatch standard deviation at 4x4, then conv, fc, fc.
+- equalised learning rate everywhere (weights drawn N(0, 1), scaled by He's constant at run time),
+  leaky ReLU 0.2 with gain sqrt 2.
+
+Left out: path-length regularisation, adaptive augmentation, fp16 clamping (autocast uses bf16).
+Images are in [-1, 1] inside the networks; ``GanTextureModel`` maps to [0, 1] textures.
+
+Exported weights (``save_generator``): ``.npz``, no pickle, ``kind="gan"``, the generator's
+parameters and buffers as float16 under ``param/<name>``, its config as JSON, and a Gaussian fitted
+to ``w = mapping(z)`` (``w_mean``, ``w_cov``) for the W-space prior.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganfit.errors import ModelDataError
+
+__all__ = [
+    "Discriminator",
+    "GanConfig",
+    "GanTextureModel",
+    "Generator",
+    "NoiseMode",
+    "fit_w_gaussian",
+    "save_generator",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+NoiseMode = Literal["random", "const", "none"]
+LatentSpace = Literal["w", "z"]
+_LRELU_GAIN = math.sqrt(2.0)
+#: Exported weights should stay below this (the issue's limit for shipping them).
+MAX_EXPORT_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Architecture of generator and discriminator (both from one config)."""
+
+    resolution: int = 256
+    z_dim: int = 256
+    w_dim: int = 256
+    mapping_layers: int = 4
+    mapping_lr_mult: float = 0.01
+    #: Feature maps at resolution r: ``min(channel_base // r, channel_max)``.
+    channel_base: int = 8192
+    channel_max: int = 256
+    #: Per-pixel noise inputs (fine detail such as pores); off makes the generator deterministic.
+    noise: bool = True
+    mbstd_group: int = 4
+
+    def __post_init__(self) -> None:
+        r = self.resolution
+        if r < 8 or r > 1024 or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two in 8..1024, got {r}")
+        if min(self.z_dim, self.w_dim, self.mapping_layers, self.channel_base, self.channel_max) < 1:
+            raise ValueError("GAN config sizes must be positive")
+
+    def channels(self, res: int) -> int:
+        return max(1, min(self.channel_base // res, self.channel_max))
+
+    @property
+    def resolutions(self) -> list[int]:
+        """4, 8, ..., resolution."""
+        return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """Style inputs of the synthesis network (one per conv plus the last toRGB)."""
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GanConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ModelDataError(f"unknown GAN config fields {sorted(unknown)}: update ganfit")
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers with equalised learning rate
+
+
+class EqualLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0, lr_mult: float = 1.0,
+                 activate: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mult)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.weight_gain = lr_mult / math.sqrt(in_features)
+        self.bias_gain = lr_mult
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
+        return F.leaky_relu(x, 0.2) * _LRELU_GAIN if self.activate else x
+
+
+class EqualConv2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True,
+                 activate: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.weight * self.gain, self.bias, padding=self.weight.shape[-1] // 2)
+        return F.leaky_relu(x, 0.2) * _LRELU_GAIN if self.activate else x
+
+
+class ModulatedConv2d(nn.Module):
+    """Conv whose input features are scaled per sample by ``affine(w)``; with ``demodulate`` the
+    outputs are rescaled so the effective per-sample filter has unit L2 norm per output."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, w_dim: int,
+                 demodulate: bool = True, up: bool = False) -> None:
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
+        self.demodulate = demodulate
+        self.up = up
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w)  # (B, in)
+        weight = self.weight * self.gain
+        if self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = x * styles.to(x.dtype)[:, :, None, None]
+        x = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
+        if self.demodulate:
+            # sum over (in, kh, kw) of (weight * style)^2, per sample and output channel
+            energy = styles.float().square() @ weight.float().square().sum(dim=(2, 3)).T  # (B, out)
+            x = x * torch.rsqrt(energy + 1e-8).to(x.dtype)[:, :, None, None]
+        return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv + optional noise + bias + leaky ReLU."""
+
+    noise_const: torch.Tensor
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool,
+                 noise: bool) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim, up=up)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.use_noise = noise
+        self.resolution = resolution
+        if noise:
+            self.noise_strength = nn.Parameter(torch.zeros(()))
+            self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode,
+                generator: torch.Generator | None) -> torch.Tensor:
+        x = self.conv(x, w)
+        if self.use_noise and noise_mode != "none":
+            if noise_mode == "random":
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=generator,
+                                    device=x.device if generator is None else generator.device).to(x.device)
+            else:
+                noise = self.noise_const
+            x = x + (noise * self.noise_strength).to(x.dtype)
+        x = x + self.bias.to(x.dtype)[:, None, None]
+        return F.leaky_relu(x, 0.2) * _LRELU_GAIN
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channels: int, w_dim: int) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, 3, 1, w_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, w) + self.bias.to(x.dtype)[:, None, None]
+
+
+class MappingNetwork(nn.Module):
+    w_avg: torch.Tensor
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        dims = [config.z_dim] + [config.w_dim] * config.mapping_layers
+        self.layers = nn.Sequential(*(
+            EqualLinear(a, b, lr_mult=config.mapping_lr_mult, activate=True) for a, b in zip(dims[:-1], dims[1:])
+        ))
+        self.register_buffer("w_avg", torch.zeros(config.w_dim))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool = False,
+                w_avg_beta: float = 0.995) -> torch.Tensor:
+        z = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+        w = self.layers(z)
+        if update_w_avg:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, w_avg_beta))
+        if truncation_psi != 1.0:
+            w = self.w_avg.to(w.dtype).lerp(w, truncation_psi)
+        return w
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        self.config = config
+        c4 = config.channels(4)
+        self.const = nn.Parameter(torch.randn(c4, 4, 4))
+        self.convs = nn.ModuleList()
+        self.torgbs = nn.ModuleList()
+        in_ch = c4
+        for res in config.resolutions:
+            out_ch = config.channels(res)
+            if res > 4:
+                self.convs.append(SynthesisLayer(in_ch, out_ch, config.w_dim, res, up=True, noise=config.noise))
+            self.convs.append(SynthesisLayer(out_ch if res > 4 else in_ch, out_ch, config.w_dim, res, up=False,
+                                             noise=config.noise))
+            self.torgbs.append(ToRGB(out_ch, config.w_dim))
+            in_ch = out_ch
+
+    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "random",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``ws`` ``(B, num_ws, w_dim)`` or ``(B, w_dim)`` (same style everywhere) -> ``(B, 3, R, R)``."""
+        if ws.ndim == 2:
+            ws = ws[:, None, :].expand(-1, self.config.num_ws, -1)
+        x = self.const[None].expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
+        img: torch.Tensor | None = None
+        conv_index = 0
+        for level, res in enumerate(self.config.resolutions):
+            for _ in range(1 if res == 4 else 2):
+                x = self.convs[conv_index](x, ws[:, conv_index], noise_mode, generator)
+                conv_index += 1
+            rgb = self.torgbs[level](x, ws[:, conv_index])
+            if img is None:
+                img = rgb
+            else:
+                img = F.interpolate(img, scale_factor=2.0, mode="bilinear", align_corners=False) + rgb
+        assert img is not None
+        return img
+
+
+class Generator(nn.Module):
+    """``z (B, z_dim) -> image (B, 3, R, R)`` in about [-1, 1]."""
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mapping = MappingNetwork(config)
+        self.synthesis = SynthesisNetwork(config)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "random",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.synthesis(self.mapping(z, truncation_psi), noise_mode, generator)
+
+
+# --------------------------------------------------------------------------------------------
+# Discriminator
+
+
+class DiscriminatorBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3, activate=True)
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, activate=True)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(F.avg_pool2d(self.conv0(x), 2))
+        return (self.skip(F.avg_pool2d(x, 2)) + y) * math.sqrt(0.5)
+
+
+class Discriminator(nn.Module):
+    """``image (B, 3, R, R) -> logit (B,)``, residual architecture."""
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        self.config = config
+        res = config.resolution
+        self.from_rgb = EqualConv2d(3, config.channels(res), 1, activate=True)
+        blocks = []
+        while res > 4:
+            blocks.append(DiscriminatorBlock(config.channels(res), config.channels(res // 2)))
+            res //= 2
+        self.blocks = nn.Sequential(*blocks)
+        c4 = config.channels(4)
+        self.conv = EqualConv2d(c4 + 1, c4, 3, activate=True)
+        self.fc = EqualLinear(c4 * 16, c4, activate=True)
+        self.out = EqualLinear(c4, 1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.from_rgb(img))
+        x = _minibatch_std(x, self.config.mbstd_group)
+        x = self.conv(x)
+        return self.out(self.fc(x.flatten(1))).squeeze(1)
+
+
+def _minibatch_std(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Append the mean standard deviation over groups of samples as one feature map, so the
+    discriminator can see a lack of variety (mode collapse)."""
+    b, c, h, w = x.shape
+    g = min(group, b)
+    while b % g:
+        g -= 1
+    y = x.float().reshape(g, b // g, c, h, w)
+    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // g,)
+    y = y.reshape(1, b // g, 1, 1, 1).expand(g, -1, 1, h, w).reshape(b, 1, h, w)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Export and the fitting-side model
+
+
+def fit_w_gaussian(generator: Generator, samples: int = 10000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of ``w = mapping(z)``, ``z ~ N(0, I)`` (for the W-space prior)."""
+    device = next(generator.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ws = []
+    with torch.no_grad():
+        for start in range(0, samples, 1000):
+            z = torch.randn(min(1000, samples - start), generator.config.z_dim, generator=gen).to(device)
+            ws.append(generator.mapping(z).double().cpu())
+    w = torch.cat(ws)
+    mean = w.mean(0)
+    centred = w - mean
+    cov = centred.T @ centred / (w.shape[0] - 1)
+    return mean.float(), cov.float()
+
+
+def save_generator(generator: Generator, path: str | Path, info: dict[str, Any] | None = None,
+                   w_samples: int = 10000) -> Path:
+    """Write the generator (normally the EMA copy) as float16 ``.npz`` with its W Gaussian."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    w_mean, w_cov = fit_w_gaussian(generator, w_samples)
+    arrays: dict[str, np.ndarray] = {
+        "kind": np.array("gan"),
+        "version": np.array(FORMAT_VERSION),
+        "config": np.array(json.dumps(asdict(generator.config))),
+        "info": np.array(json.dumps(info or {})),
+        "w_mean": w_mean.numpy(),
+        "w_cov": w_cov.numpy(),
+    }
+    for name, tensor in generator.state_dict().items():
+        arrays[f"param/{name}"] = tensor.detach().cpu().numpy().astype(np.float16)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    size = file.stat().st_size
+    if size > MAX_EXPORT_BYTES:
+        log.warning("%s is %.1f MB, over the 50 MB shipping limit: use fewer channels", file, size / 2**20)
+    log.info("generator weights (%.1f MB, float16) written to %s", size / 2**20, file)
+    return file
+
+
+def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Generator (float32, frozen, eval), info, W mean and covariance from exported weights."""
+    file = Path(path)
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            if str(data["kind"]) != "gan":
+                raise ModelDataError(f"{file} is a {data['kind']} model, not GAN weights")
+            if int(data["version"]) > FORMAT_VERSION:
+                raise ModelDataError(f"{file} has GAN format {int(data['version'])}: update ganfit")
+            config = GanConfig.from_dict(json.loads(str(data["config"])))
+            info = json.loads(str(data["info"]))
+            state = {k[len("param/"):]: torch.from_numpy(data[k].astype(np.float32))
+                     for k in data.files if k.startswith("param/")}
+            w_mean = torch.from_numpy(data["w_mean"].astype(np.float32))
+            w_cov = torch.from_numpy(data["w_cov"].astype(np.float32))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelDataError(f"cannot read GAN texture weights {file}: {exc}; re-export them") from exc
+    generator = Generator(config)
+    missing, unexpected = generator.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelDataError(f"{file} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    generator.requires_grad_(False).eval()
+    return generator, info, w_mean, w_cov
+
+
+class GanTextureModel(nn.Module):
+    """A trained generator as a ``TextureModel``.
+
+    ``latent_space="w"`` (default): the latent is one ``w`` (``w_dim``) used by every layer; the
+    prior is the Mahalanobis distance under a Gaussian fitted to ``mapping(z)`` (W is far from
+    isotropic, so ``||w||^2`` would pull towards the wrong place), and fitting starts at its mean.
+    ``latent_space="z"``: the latent is ``z`` and the prior ``||z||^2``. The mapping normalises z,
+    so only its direction matters and the prior merely stops its scale from drifting; z = 0 has no
+    direction, so fitting starts at a small fixed z.
+    Noise inputs use their stored constant maps, so ``decode`` is deterministic.
+    """
+
+    w_mean: torch.Tensor
+    w_whitening: torch.Tensor
+
+    def __init__(self, generator: Generator, w_mean: torch.Tensor, w_cov: torch.Tensor,
+                 latent_space: LatentSpace = "w", info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if latent_space not in ("w", "z"):
+            raise ValueError(f"latent_space must be 'w' or 'z', got {latent_space!r}")
+        self.generator = generator.requires_grad_(False).eval()
+        self.latent_space: LatentSpace = latent_space
+        self.info = dict(info or {})
+        eigenvalues, eigenvectors = torch.linalg.eigh(w_cov.double())
+        floor = eigenvalues.max().clamp_min(1e-12) * 1e-6
+        whitening = eigenvectors / eigenvalues.clamp_min(floor).sqrt()
+        self.register_buffer("w_mean", w_mean.float())
+        self.register_buffer("w_whitening", whitening.float())
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None,
+             latent_space: LatentSpace = "w") -> GanTextureModel:
+        generator, info, w_mean, w_cov = load_generator(path)
+        model = cls(generator, w_mean, w_cov, latent_space, info)
+        return model.to(device) if device is not None else model
+
+    @property
+    def config(self) -> GanConfig:
+        return self.generator.config
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.w_dim if self.latent_space == "w" else self.config.z_dim
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_mean.device
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        w = latent if self.latent_space == "w" else self.generator.mapping(latent)
+        img = self.generator.synthesis(w, noise_mode="const")
+        return ((img + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    forward = decode
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = generator.device if generator is not None else self.device
+        z = torch.randn(n, self.config.z_dim, generator=generator, device=device).to(self.device)
+        if self.latent_space == "z":
+            return z
+        with torch.no_grad():
+            return self.generator.mapping(z)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.decode(self.sample_latent(n, generator))
+
+    def prior(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.latent_space == "z":
+            return latent.square().sum(dim=-1)
+        return ((latent - self.w_mean) @ self.w_whitening).square().sum(dim=-1)
+
+    def initial_latent(self, n: int = 1) -> torch.Tensor:
+        if self.latent_space == "w":
+            return self.w_mean.expand(n, -1).clone()
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        return (0.01 * torch.randn(1, self.config.z_dim, generator=gen)).expand(n, -1).clone().to(self.device)

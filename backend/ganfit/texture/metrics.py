@@ -1,0 +1,215 @@
+"""How good is a texture model: a distribution distance (KID) and a sharpness measure.
+
+KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the squared maximum mean discrepancy
+between two feature sets under the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``,
+estimated without bias and averaged over random subsets. Unlike FID it has no bias that depends
+on the sample count, which matters for held-out sets of a few hundred UV maps; it can be
+slightly negative when the sets come from one distribution.
+
+Features: the paper's Table II uses Inception (FID), whose weights cannot be loaded offline
+here. The project's own offline network is dlib's face-recognition ResNet
+(``ganfit.face.recognition``); ``DlibFeatureExtractor`` resizes UV maps to its 150x150 input and
+takes its 256-d globally average-pooled last block (the input of the final fc; ``"pooled"``) or
+the 128-d descriptor (``"descriptor"``). These are features of a face-identity network looking at
+UV maps, not Inception features: figures are comparable between models measured the same way,
+not with published FID/KID values.
+
+Sharpness (for the GAN-vs-PCA fitting comparison): the mean squared Laplacian of the luminance
+inside a face-region mask, and the share of spectral energy above a frequency cut-off. Blurry
+textures (what a PCA prior gives, paper 3.1) score low on both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DlibFeatureExtractor",
+    "KidResult",
+    "high_frequency_ratio",
+    "kid",
+    "laplacian_energy",
+    "sharpness",
+]
+
+log = logging.getLogger(__name__)
+
+FEATURE_NOTE = ("features: dlib face-recognition ResNet (ganfit.face.recognition) on UV maps resized to "
+                "150x150 -- NOT Inception; not comparable with published FID/KID")
+
+
+# --------------------------------------------------------------------------------------------
+# KID
+
+
+@dataclass(frozen=True)
+class KidResult:
+    """KID estimate: mean and standard deviation over ``subsets`` of ``subset_size`` each."""
+
+    mean: float
+    std: float
+    subsets: int
+    subset_size: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.5f} +- {self.std:.5f}"
+
+
+def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, subsets: int = 100,
+        subset_size: int = 1000, seed: int = 0) -> KidResult:
+    """Unbiased MMD^2 with the kernel ``(x.y / d + 1)^3`` between feature sets ``(m, d)`` and
+    ``(n, d)``, averaged over ``subsets`` random subsets of ``min(subset_size, m, n)`` rows of
+    each (drawn without replacement). Computed in float64."""
+    x = _as_array(real)
+    y = _as_array(fake)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature sets must be (m, d) and (n, d), got {x.shape} and {y.shape}")
+    size = min(subset_size, x.shape[0], y.shape[0])
+    if size < 2:
+        raise ValueError("KID needs at least two samples in each set")
+    rng = np.random.default_rng(seed)
+    d = x.shape[1]
+    values = np.empty(subsets)
+    for i in range(subsets):
+        a = x[rng.choice(x.shape[0], size, replace=False)]
+        b = y[rng.choice(y.shape[0], size, replace=False)]
+        k_aa = (a @ a.T / d + 1) ** 3
+        k_bb = (b @ b.T / d + 1) ** 3
+        k_ab = (a @ b.T / d + 1) ** 3
+        off = size * (size - 1)
+        values[i] = ((k_aa.sum() - np.trace(k_aa)) / off + (k_bb.sum() - np.trace(k_bb)) / off
+                     - 2 * k_ab.mean())
+    return KidResult(float(values.mean()), float(values.std()), subsets, size)
+
+
+def _as_array(features: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    return np.asarray(features, dtype=np.float64)
+
+
+class DlibFeatureExtractor:
+    """Features of textures ``(B, 3, S, S)`` in [0, 1] from dlib's face-recognition ResNet.
+
+    ``kind="pooled"``: the 256-d average-pooled output of the last residual block (the fc's
+    input; ``network.fc(pooled)`` is the descriptor). ``kind="descriptor"``: the 128-d descriptor.
+    The pooled features are computed with the network's own plain layers (``stem``, ``blocks``),
+    the same function as its ``forward_reference`` up to the fc.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", kind: Literal["pooled", "descriptor"] = "pooled",
+                 batch_size: int = 32) -> None:
+        from ganfit.face.recognition import load_face_recognition_network
+
+        if kind not in ("pooled", "descriptor"):
+            raise ValueError(f"kind must be 'pooled' or 'descriptor', got {kind!r}")
+        self.network = load_face_recognition_network(device)
+        self.device = torch.device(device)
+        self.kind = kind
+        self.batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return 256 if self.kind == "pooled" else 128
+
+    @staticmethod
+    def to_chip(textures: torch.Tensor) -> torch.Tensor:
+        from ganfit.face.recognition import CHIP_SIZE
+
+        return F.interpolate(textures.float(), size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear", align_corners=False,
+                             antialias=True).clamp(0, 1)
+
+    def pooled(self, chips: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        if net.stem.weight.is_contiguous(memory_format=torch.channels_last):
+            chips = chips.contiguous(memory_format=torch.channels_last)
+        x = F.max_pool2d(F.relu(net.stem(chips)), 3, 2)
+        for block in net.blocks:
+            x = block(x)
+        return x.mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def __call__(self, textures: torch.Tensor | Iterable[torch.Tensor]) -> np.ndarray:
+        """``(N, dim)`` float64 features of a tensor ``(N, 3, S, S)`` or an iterable of batches."""
+        batches = [textures] if isinstance(textures, torch.Tensor) else textures
+        out = []
+        for batch in batches:
+            for start in range(0, batch.shape[0], self.batch_size):
+                chips = self.to_chip(batch[start:start + self.batch_size].to(self.device))
+                feats = self.pooled(chips) if self.kind == "pooled" else self.network(chips)
+                out.append(feats.double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim))
+
+
+# --------------------------------------------------------------------------------------------
+# Sharpness
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _luma(textures: torch.Tensor) -> torch.Tensor:
+    if textures.ndim != 4 or textures.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, H, W) textures, got {tuple(textures.shape)}")
+    weights = torch.tensor(_LUMA, dtype=textures.dtype, device=textures.device)
+    return (textures * weights[:, None, None]).sum(dim=1, keepdim=True)
+
+
+def _face_mask(mask: torch.Tensor | None, like: torch.Tensor, erode: int) -> torch.Tensor:
+    """``(B or 1, 1, H, W)`` float mask, shrunk by ``erode`` texels so the mask's edge (where
+    the texture meets unrelated texels) does not count as detail."""
+    h, w = like.shape[-2:]
+    if mask is None:
+        m = torch.ones(1, 1, h, w, dtype=like.dtype, device=like.device)
+    else:
+        m = mask.to(like.device, like.dtype)
+        while m.ndim < 4:
+            m = m[None]
+        if m.shape[-2:] != (h, w):
+            m = F.interpolate(m, size=(h, w), mode="nearest")
+        m = (m > 0.5).to(like.dtype)
+    # The Laplacian reads one texel around each texel: always drop the image border too.
+    m = F.pad(m[..., 1:-1, 1:-1], (1, 1, 1, 1))
+    if erode > 0:
+        m = -F.max_pool2d(-m, 2 * erode + 1, stride=1, padding=erode)
+    return m
+
+
+def laplacian_energy(textures: torch.Tensor, mask: torch.Tensor | None = None, erode: int = 2) -> torch.Tensor:
+    """Mean squared Laplacian of the luminance inside ``mask`` (``(H, W)`` or ``(B, 1, H, W)``,
+    1 = face), per texture ``(B,)``; textures ``(B, 3, H, W)`` in [0, 1]. Depends on resolution:
+    compare textures of one size."""
+    luma = _luma(textures.float())
+    lap = F.conv2d(luma, _LAPLACIAN.to(luma)[None, None], padding=1)
+    m = _face_mask(mask, luma, erode)
+    return (lap.square() * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+
+def high_frequency_ratio(textures: torch.Tensor, mask: torch.Tensor | None = None, cutoff: float = 0.25,
+                         erode: int = 2) -> torch.Tensor:
+    """Share of the luminance's spectral energy above ``cutoff`` (in cycles per texel, Nyquist is
+    0.5), inside ``mask``, per texture ``(B,)``. Contrast-invariant, unlike ``laplacian_energy``.
+    The masked luminance is mean-subtracted within the mask and tapered at its edge first."""
+    luma = _luma(textures.float())
+    m = _face_mask(mask, luma, erode)
+    # Soft edge: a hard mask edge would itself be high-frequency energy.
+    soft = F.avg_pool2d(m, 2 * erode + 1, stride=1, padding=erode) * m if erode > 0 else m
+    mean = (luma * soft).sum(dim=(2, 3), keepdim=True) / soft.sum(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+    signal = (luma - mean) * soft
+    power = torch.fft.rfft2(signal[:, 0]).abs().square()
+    fy = torch.fft.fftfreq(signal.shape[-2], device=signal.device)[:, None]
+    fx = torch.fft.rfftfreq(signal.shape[-1], device=signal.device)[None, :]
+    high = (fx.square() + fy.square()).sqrt() > cutoff
+    return (power * high).sum(dim=(1, 2)) / power.sum(dim=(1, 2)).clamp_min(1e-20)
+
+
+def sharpness(textures: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The project's sharpness measure: ``laplacian_energy`` (mean squared Laplacian of the
+    luminance in the face region), ``(B,)``."""
+    return laplacian_energy(textures, mask)

@@ -1,0 +1,264 @@
+"""Texture models (issue 5): PCA baseline, the texture GAN's trainer and export, KID, sharpness.
+
+All on CPU with a synthetic UV folder of smooth random textures laid out as the texture-set
+builder writes them (``<stem>.png``, ``<stem>_conf.png``, ``split.json``), and a tiny GAN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ganfit.errors import GanfitError
+from ganfit.texture.gan import GanTextureModel
+from ganfit.texture.metrics import DlibFeatureExtractor, high_frequency_ratio, kid, laplacian_energy, sharpness
+from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model
+from ganfit.texture.pca import PcaFitSettings, PcaTextureModel, fit_pca, fit_pca_arrays
+from ganfit.texture.train import PRESETS, TrainConfig, export_generator, latest_checkpoint, train_texture
+
+SIZE = 32
+COUNT = 30
+TEST_NAMES = 5
+
+
+def smooth_textures(count: int, size: int, seed: int, factors: int = 8) -> np.ndarray:
+    """``(count, size, size, 3)`` uint8: a skin-like base colour plus a random mix of ``factors``
+    smooth patterns with decaying strength (a low-dimensional set, as faces are) and a little
+    smooth detail of each map's own."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.tensor([0.75, 0.55, 0.45])[None, :, None, None]
+    patterns = F.interpolate(torch.randn(factors, 3, 5, 5, generator=gen), size=(size, size), mode="bicubic",
+                             align_corners=False)
+    weights = torch.randn(count, factors, generator=gen) * 0.1 / torch.arange(1, factors + 1).sqrt()
+    detail = F.interpolate(torch.randn(count, 1, 9, 9, generator=gen) * 0.01, size=(size, size), mode="bicubic",
+                           align_corners=False)
+    textures = base + torch.einsum("nf,fchw->nchw", weights, patterns) + detail
+    return (textures.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def uv_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("uv")
+    images = smooth_textures(COUNT, SIZE, seed=1)
+    rng = np.random.default_rng(2)
+    names = [f"face{i:03d}" for i in range(COUNT)]
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(folder / f"{name}.png")
+        conf = (rng.uniform(0.2, 1.0, (SIZE, SIZE)) * 255).astype(np.uint8)
+        Image.fromarray(conf).save(folder / f"{name}_conf.png")
+    split = {"train": [f"{n}.png" for n in names[TEST_NAMES:]], "test": names[:TEST_NAMES]}
+    (folder / "split.json").write_text(json.dumps(split))
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# UV folders and PCA
+
+
+def test_uv_set_reads_split_and_plain_folders(uv_folder: Path, tmp_path: Path) -> None:
+    train, test = UvTextureSet.open(uv_folder, "train"), UvTextureSet.open(uv_folder, "test")
+    assert len(train) == COUNT - TEST_NAMES and len(test) == TEST_NAMES
+    assert not set(train.names) & set(test.names)
+    assert train.load().shape == (COUNT - TEST_NAMES, SIZE, SIZE, 3)
+    assert train.load_confidence(size=16).shape == (COUNT - TEST_NAMES, 16, 16)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in train.names[:20]:
+        shutil.copy(uv_folder / f"{name}.png", plain)
+    plain_train, plain_test = UvTextureSet.open(plain, "train"), UvTextureSet.open(plain, "test")
+    assert (len(plain_train), len(plain_test)) == (18, 2)
+    assert plain_train.load_confidence() is None
+
+
+def test_pca_reconstructs_better_than_the_mean_and_round_trips(uv_folder: Path, tmp_path: Path) -> None:
+    model = fit_pca(uv_folder, PcaFitSettings(components=10))
+    assert isinstance(model, TextureModel)
+    assert model.latent_dim == 10 and model.resolution == SIZE
+    assert float(model.explained_variance_ratio.sum()) > 0.8
+    assert torch.all(model.std[:-1] >= model.std[1:])
+    held_in = torch.from_numpy(UvTextureSet.open(uv_folder, "train").load(limit=1)).permute(0, 3, 1, 2).float() / 255
+    coeffs = model.project(held_in)
+    recon = model.decode(coeffs)
+    err_pca = float((recon - held_in).square().mean())
+    err_mean = float((model.mean[None] - held_in).square().mean())
+    assert err_pca < 0.2 * err_mean
+    samples = model.sample(4, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 3, SIZE, SIZE) and 0 <= float(samples.min()) and float(samples.max()) <= 1
+    assert torch.equal(model.prior(model.initial_latent(2)), torch.zeros(2))
+
+    path = model.save(tmp_path / "pca.npz")
+    loaded = load_texture_model(path)
+    assert isinstance(loaded, PcaTextureModel) and loaded.info["count"] == COUNT - TEST_NAMES
+    assert torch.allclose(loaded.decode(coeffs), recon, atol=2e-3)
+    assert torch.allclose(loaded.std, model.std)
+
+
+def test_pca_confidence_weighted_mean_and_exactness() -> None:
+    images = smooth_textures(12, 8, seed=3)
+    confidence = np.zeros((12, 8, 8), dtype=np.uint8)
+    confidence[:6] = 255  # only the first six maps count
+    model = fit_pca_arrays(images, PcaFitSettings(components=20, confidence_weighted_mean=True), confidence)
+    expected = images[:6].astype(np.float64).mean(0).transpose(2, 0, 1) / 255
+    assert np.allclose(model.mean.numpy(), expected, atol=1e-5)
+    assert model.latent_dim == 11  # clipped to N - 1
+    # k + oversample >= N: the randomised SVD is exact, so all variance around the mean is kept.
+    plain = fit_pca_arrays(images, PcaFitSettings(components=11))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(plain.decode(plain.project(x)), x, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# GAN
+
+
+def tiny_config(data: Path, out: Path, steps: int, **changes: object) -> TrainConfig:
+    config = TrainConfig(data=str(data), out=str(out), gan=PRESETS["tiny"], steps=steps, batch=4, r1_interval=4,
+                         checkpoint_every=10, sample_every=10, log_every=5, grid=2, quiet=True, seed=7,
+                         ema_kimg=0.01)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """The tiny GAN's layers are too small to share out: one thread is ~5x faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_run(uv_folder: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """A 20-step uninterrupted run (checkpoints at 10 and 20)."""
+    out = tmp_path_factory.mktemp("gan") / "full"
+    result = train_texture(tiny_config(uv_folder, out, steps=20))
+    assert result.step == 20 and result.images_seen == 80
+    assert set(result.last_losses) >= {"loss_g", "loss_d"}
+    return out
+
+
+def test_gan_trains_writes_checkpoints_and_grids(trained_run: Path) -> None:
+    checkpoints = sorted(p.name for p in (trained_run / "checkpoints").glob("*.pt"))
+    assert checkpoints == ["checkpoint-00000010.pt", "checkpoint-00000020.pt"]
+    assert latest_checkpoint(trained_run).name == "checkpoint-00000020.pt"
+    assert not list((trained_run / "checkpoints").glob(".*tmp"))  # atomic writes leave nothing behind
+    for name in ("reals.png", "step-00000010.png", "step-00000020.png"):
+        with Image.open(trained_run / "samples" / name) as grid:
+            assert grid.size == (2 * SIZE, 2 * SIZE)
+    stats = [json.loads(line) for line in (trained_run / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [5, 10, 15, 20] and all(np.isfinite(s["loss_d"]) for s in stats)
+    assert "r1" in stats[0]
+    assert json.loads((trained_run / "config.json").read_text())["gan"]["resolution"] == SIZE
+
+
+def test_gan_resume_matches_an_uninterrupted_run(uv_folder: Path, trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    first = train_texture(tiny_config(uv_folder, out, steps=10))
+    assert first.step == 10
+    with pytest.raises(GanfitError, match="--resume"):
+        train_texture(tiny_config(uv_folder, out, steps=20))
+    second = train_texture(tiny_config(uv_folder, out, steps=20), resume=True)
+    assert second.step == 20
+    resumed = torch.load(out / "checkpoints" / "checkpoint-00000020.pt", weights_only=True)
+    full = torch.load(trained_run / "checkpoints" / "checkpoint-00000020.pt", weights_only=True)
+    assert resumed["step"] == full["step"] == 20
+    for part in ("G", "D", "G_ema"):
+        for name, tensor in full[part].items():
+            assert torch.equal(resumed[part][name], tensor), f"{part}.{name} differs after resume"
+    with pytest.raises(GanfitError, match="batch"):
+        train_texture(tiny_config(uv_folder, out, steps=30, batch=8), resume=True)
+
+
+def test_exported_generator_is_a_differentiable_texture_model(trained_run: Path, tmp_path: Path) -> None:
+    weights = export_generator(latest_checkpoint(trained_run), tmp_path / "texture_gan.npz")
+    provenance = json.loads(weights.with_suffix(".json").read_text())
+    assert provenance["steps"] == 20 and "non-commercial" in provenance["data"]["licence"]
+    assert provenance["bytes"] == weights.stat().st_size < 50 * 2**20
+    with np.load(weights) as data:
+        assert data["param/synthesis.const"].dtype == np.float16
+    for space in ("w", "z"):
+        model = load_texture_model(weights, latent_space=space)
+        assert isinstance(model, GanTextureModel) and isinstance(model, TextureModel)
+        latent = model.sample_latent(3, torch.Generator().manual_seed(1)).requires_grad_(True)
+        texture = model.decode(latent)
+        assert texture.shape == (3, 3, SIZE, SIZE) and 0 <= float(texture.detach().min()) <= float(texture.detach().max()) <= 1
+        (grad,) = torch.autograd.grad(texture.mean() + model.prior(latent).sum(), latent)
+        assert grad.shape == latent.shape and float(grad.abs().sum()) > 0
+        assert torch.equal(model.decode(latent), texture)  # deterministic (constant noise)
+    w_model = load_texture_model(weights)
+    assert float(w_model.prior(w_model.initial_latent(1))) < 1e-6
+    assert float(w_model.prior(w_model.sample_latent(256, torch.Generator().manual_seed(2))).mean()) == pytest.approx(
+        w_model.latent_dim, rel=0.35)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_torchrun_two_cpu_processes(uv_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "ganfit.texture.train", "--data", str(uv_folder), "--out", str(out), "--preset", "tiny",
+               "--steps", "4", "--batch", "4", "--checkpoint-every", "2", "--sample-every", "4", "--grid", "2",
+               "--r1-interval", "2", "--device", "cpu", "--quiet", "--export", str(out / "gan.npz")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(out / "checkpoints" / "checkpoint-00000004.pt", weights_only=True)
+    assert state["step"] == 4 and state["images_seen"] == 16
+    assert (out / "samples" / "step-00000004.png").is_file() and (out / "gan.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_kid_is_unbiased_and_separates_distributions() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    shifted = rng.normal(loc=0.5, size=(400, 16))
+    same = kid(a, a, subsets=20, subset_size=200)
+    independent = kid(a, b, subsets=20, subset_size=200)
+    different = kid(a, shifted, subsets=20, subset_size=200)
+    # A set against itself: subsets overlap, a bias of -2 (mean k(x, x) - mean k(x, y)) / m.
+    assert abs(same.mean) < 0.05 and abs(independent.mean) < 3 * independent.std + 0.01
+    assert different.mean > 20 * max(abs(same.mean), abs(independent.mean))
+
+
+def test_dlib_features_of_uv_maps() -> None:
+    textures = torch.from_numpy(smooth_textures(12, 64, seed=4)).permute(0, 3, 1, 2).float() / 255
+    extractor = DlibFeatureExtractor(batch_size=8)
+    pooled = extractor(textures)
+    assert pooled.shape == (12, 256) and np.isfinite(pooled).all()
+    chips = extractor.to_chip(textures[:2])
+    # The pooled features are the fc's input: fc(pooled) is the network's own descriptor.
+    assert torch.allclose(extractor.network.fc(torch.from_numpy(pooled[:2]).float()), extractor.network(chips),
+                          atol=1e-4)
+    noise = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    assert kid(pooled, extractor(noise), subsets=10).mean > 10 * abs(kid(pooled, pooled, subsets=10).mean)
+
+
+def test_sharpness_prefers_a_checkerboard_to_its_blur() -> None:
+    ys, xs = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    board = (((ys // 4) + (xs // 4)) % 2).float().expand(1, 3, 64, 64).clone()
+    # Gaussian blur, sigma 1.5 texels (a box blur as wide as the period would only lower the contrast).
+    taps = torch.exp(-torch.arange(-4.0, 5.0).square() / (2 * 1.5**2))
+    kernel = (taps[:, None] * taps[None, :] / taps.sum() ** 2).expand(3, 1, 9, 9)
+    blurred = F.conv2d(F.pad(board, (4, 4, 4, 4), mode="reflect"), kernel, groups=3)
+    mask = torch.zeros(64, 64)
+    mask[8:56, 8:56] = 1
+    for measure in (laplacian_energy, high_frequency_ratio, sharpness):
+        sharp, soft = float(measure(board, mask)), float(measure(blurred, mask))
+        assert sharp > 2 * soft > 0, measure.__name__
+    flat = torch.full((2, 3, 64, 64), 0.5)
+    assert torch.allclose(sharpness(flat), torch.zeros(2))
