@@ -1,4 +1,5 @@
-"""Command line: ``ganfit reconstruct PHOTO... -o OUT`` and ``ganfit info``.
+"""Command line: ``ganfit reconstruct PHOTO... -o OUT``, ``ganfit info``, ``ganfit serve`` and the
+texture prior's tools (``texture-dataset``, ``texture-pca``, ``train-texture``).
 
 User errors (``GanfitError``) print one line and exit non-zero without a traceback; anything else
 is a bug and keeps its traceback.
@@ -64,6 +65,13 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-v", "--verbose", action="store_true", help="log each stage")
 
     sub.add_parser("serve", help="JSON-lines protocol on stdin/stdout for the Blender add-on (docs/protocol.md)")
+
+    # The texture prior's tools (issue 5): building the UV set, the PCA model, the GAN.
+    from .texture import dataset, pca, train
+
+    dataset.register(sub)
+    pca.register(sub, "texture-pca")
+    train.register(sub, "train-texture")
 
     info = sub.add_parser("info", help="versions, devices and where each model comes from")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -343,7 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .serve import serve
 
             return serve()
-        return _info(args)
+        if args.command == "info":
+            return _info(args)
+        return args.func(args)
     except GanfitError as exc:
         print(f"ganfit: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USER_ERROR)
