@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Engine options per quality preset ("DEFAULT": the engine's own defaults: 300 landmark steps,
-#: 80 lighting steps, 60 full-objective steps, 1024 px texture).
+#: 80 lighting steps, 60 full-objective steps, 512 px texture).
 PRESETS: dict[str, dict[str, int]] = {
     "FAST": {"steps": 150, "lighting_steps": 20, "fit_steps": 15, "texture_size": 512},
     "DEFAULT": {},
@@ -179,7 +179,7 @@ class GANFIT_PG_reconstruct(bpy.types.PropertyGroup):
         name="Quality",
         items=[
             ("FAST", "Fast", "150 landmark steps, 20 lighting steps, 15 full-objective steps, 512 px texture"),
-            ("DEFAULT", "Default", "The engine's defaults: 300 landmark, 80 lighting, 60 full-objective steps, 1024 px texture"),
+            ("DEFAULT", "Default", "The engine's defaults: 300 landmark, 80 lighting, 60 full-objective steps, 512 px texture"),
             ("HIGH", "High", "600 landmark, 160 lighting, 150 full-objective steps, 2048 px texture (slowest)"),
         ],
         default="DEFAULT",

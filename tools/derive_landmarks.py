@@ -211,8 +211,9 @@ class Head:
                 faces=d["faces"].astype(np.int64),
                 segments=d["face_segments"].astype(np.int64),
                 segment_names=[str(n) for n in d["face_segment_names"]],
-                uvs=d["uvs"].astype(np.float64),
-                uv_faces=d["uv_faces"].astype(np.int64),
+                # MakeHuman's masks are drawn in its atlas, which the model keeps beside its own UVs
+                uvs=d["atlas_uvs" if "atlas_uvs" in d.files else "uvs"].astype(np.float64),
+                uv_faces=d["atlas_uv_faces" if "atlas_uv_faces" in d.files else "uv_faces"].astype(np.int64),
                 ear_weight=ear,
             )
 

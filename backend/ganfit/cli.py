@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="weight of one term of the objective, 0 switches it off; terms: " + ", ".join(LOSS_TERMS))
     rec.add_argument("--lighting-steps", type=int, default=None, help="lighting-stage steps (default 80)")
     rec.add_argument("--lr", type=float, default=None, help="landmark-stage Adam learning rate (default 0.02)")
-    rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 1024)")
+    rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 512; the face fills 58% of it)")
     rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rec.add_argument("--face", type=int, default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")
@@ -56,6 +56,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="another 3DMM: BFM 2017 (.h5) or FLAME (.pkl/.npz); see docs/shape-models.md")
     rec.add_argument("--landmarks", type=Path, default=None, metavar="JSON",
                      help="68 landmark vertex indices for --shape-model (docs/shape-models.md)")
+    rec.add_argument("--texture-model", type=Path, default=None, metavar="NPZ",
+                     help="texture model (GAN weights or PCA .npz, docs/texture-model.md): the texture is its "
+                          "fitted latent code instead of the projected photo")
     rec.add_argument("--identity-model", type=Path, default=None, metavar="ONNX",
                      help="insightface ArcFace .onnx as the identity network instead of dlib's (docs/backends.md)")
     rec.add_argument("--landmark-model", type=Path, default=None, metavar="FILE",
@@ -140,8 +143,11 @@ def _settings(args: argparse.Namespace):
         joint = replace(joint, steps=args.fit_steps)
     if args.fit_lr is not None:
         joint = replace(joint, learning_rate=args.fit_lr)
+    if args.texture_model is not None and not args.texture_model.is_file():
+        raise GanfitError(f"--texture-model {args.texture_model}: file not found; check the path")
+    texture_model = None if args.texture_model is None else str(args.texture_model)
     return FitSettings(landmark=landmark, appearance=appearance, joint=joint, seed=args.seed, device=args.device,
-                       face_index=args.face)
+                       face_index=args.face, texture_model=texture_model)
 
 
 def _shape_model(args: argparse.Namespace):
@@ -241,6 +247,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .fit.reconstruct import Reconstructor
 
     reconstructor = Reconstructor(settings, shape_model=_shape_model(args), **_backends(args, settings.device))
+    reconstructor.texture_model()  # a bad --texture-model file fails now, not after the fit
     failures: list[str] = []
     for group, out in zip(groups, outputs):
         photo = group[0] if len(group) == 1 else Path(f"{group[0].name} + {len(group) - 1} more")

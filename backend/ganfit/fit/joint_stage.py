@@ -9,9 +9,10 @@ loss (eq. 11) and the landmark loss (eq. 12) keep the fit on the photo, the prio
 it a plausible face. Several photos of one person (paper 3.5, eq. 14) share the identity; pose,
 expression and light stay per photo.
 
-Until the texture prior exists (issue 5) the texture is fixed during this stage: the photos
-projected into UV after stage 1. The fit therefore moves shape, expression, pose and light; the
-final texture is projected again from the fitted geometry.
+The texture is either a texture model's decoded latent code, optimised with everything else
+(paper eq. 6; ``texture_model``: the GAN or the PCA baseline of ``ganfit.texture``), or, without
+a model, fixed: the photos projected into UV after stage 1 (the fit then moves shape,
+expression, pose and light, and the final texture is projected again from the fitted geometry).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .settings import JointStageSettings
 
 if TYPE_CHECKING:
     from ..face.identity import IdentityNetwork
+    from ..texture.model import TextureModel
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,7 @@ class JointFit:
     expression: Tensor  # (B, Ke)
     light: PointLight  # batch B
     losses: dict[str, list[float]] = field(default_factory=dict)
+    texture_latent: Tensor | None = None  # (1, latent_dim) with a texture model
 
 
 def random_view(camera: Camera, centre: Tensor, yaw: float, pitch: float) -> Camera:
@@ -166,10 +169,14 @@ def fit_joint(
     settings: JointStageSettings = JointStageSettings(),
     progress: ProgressFn = no_progress,
     seed: int = 0,
+    texture_model: "TextureModel | None" = None,
+    texture_latent: Tensor | None = None,
 ) -> JointFit:
     """Fit pose (B), shared identity (1, Ki, std units), expression (B, Ke) and light (B) to B
-    photos of one person under the full objective, starting from the given values; ``texture``
-    (1, 3, T, T) is fixed."""
+    photos of one person under the full objective, starting from the given values. Without
+    ``texture_model`` the ``texture`` (1, 3, T, T) is fixed; with it, the texture is
+    ``texture_model.decode(latent)`` and the latent (1, latent_dim; shared by all photos, eq. 14)
+    is optimised from ``texture_latent`` under the model's prior."""
     batch = len(targets)
     dtype, device = identity.dtype, identity.device
     generator = torch.Generator().manual_seed(seed)
@@ -191,13 +198,22 @@ def fit_joint(
 
     optimiser = Adam([identity, expression] + lights.parameters(), lr=settings.learning_rate)
     pose_optimiser = Adam(pose.parameters(), lr=settings.pose_learning_rate)
+    latent = None
+    texture_optimiser = None
+    if texture_model is not None:
+        start = texture_latent if texture_latent is not None else texture_model.initial_latent(1)
+        latent = start.detach().clone().to(device=device, dtype=dtype).requires_grad_(True)
+        texture_optimiser = Adam([latent], lr=settings.texture_learning_rate)
     s = settings
-    names = ("identity", "random_pose", "content", "pixel", "landmark", "prior", "total")
+    names = ("identity", "random_pose", "content", "pixel", "landmark", "prior", "texture_prior", "total")
     history: dict[str, list[float]] = {name: [] for name in names}
 
     for step in range(s.steps):
         optimiser.zero_grad(set_to_none=True)
         pose_optimiser.zero_grad(set_to_none=True)
+        if texture_model is not None and latent is not None:
+            latent.grad = None
+            texture = texture_model.decode(latent)
         shared = identity.expand(batch, -1) * id_std
         vertices = model.vertices(shared, expression)
         camera = pose.camera()
@@ -253,12 +269,17 @@ def fit_joint(
         prior = s.identity_prior_weight * coefficient_prior(identity)[0] + s.expression_prior_weight * coefficient_prior(expression, exp_std)
         prior = prior + s.light_prior_weight * ((lights.colour + lights.ambient).mean(-1) - 1.0) ** 2
         terms["prior"] = prior
+        if texture_model is not None and latent is not None:
+            terms["texture_prior"] = texture_model.prior(latent).expand(batch)
         weights = {"identity": s.identity_weight, "random_pose": s.random_pose_weight, "content": s.content_weight,
-                   "pixel": s.pixel_weight, "landmark": s.landmark_weight, "prior": 1.0}
+                   "pixel": s.pixel_weight, "landmark": s.landmark_weight, "prior": 1.0,
+                   "texture_prior": s.texture_prior_weight}
         total = sum((weights[k] * terms.get(k, zero)).mean() for k in weights)
         total.backward()
         optimiser.step()
         pose_optimiser.step()
+        if texture_optimiser is not None:
+            texture_optimiser.step()
         with torch.no_grad():
             expression.clamp_(model.expression_min.to(dtype), model.expression_max.to(dtype))
             identity.clamp_(-3.0, 3.0)
@@ -283,6 +304,7 @@ def fit_joint(
         expression=expression.detach(),
         light=final_light.detach(),
         losses=history,
+        texture_latent=None if latent is None else latent.detach(),
     )
 
 

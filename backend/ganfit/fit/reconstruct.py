@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import GanfitError
@@ -24,6 +25,7 @@ from ..models.shape_model import ShapeModel, load_default_shape_model
 
 if TYPE_CHECKING:
     from ..face.identity import IdentityNetwork
+    from ..texture.model import TextureModel
 from ..render import MeshRenderer
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
@@ -32,7 +34,7 @@ from .joint_stage import fit_joint, prepare_target
 from .landmark_stage import LandmarkFit, fit_landmarks
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
-from .texture_projection import merge_textures, mirror_vertex_index, project_photo_to_uv
+from .texture_projection import UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,18 @@ class Reconstructor:
         self.renderer = MeshRenderer(self.model.faces, self.model.uvs, self.model.uv_faces).to(self.device)
         self._identity = identity
         self._mirror: torch.Tensor | None = None
+        self._texture_models: dict[str, "TextureModel"] = {}
+
+    def texture_model(self) -> "TextureModel | None":
+        """The settings' texture model (loaded once per file), or None for the projected photo."""
+        path = self.settings.texture_model
+        if path is None:
+            return None
+        if path not in self._texture_models:
+            from ..texture.model import load_texture_model
+
+            self._texture_models[path] = load_texture_model(path, device=self.device)
+        return self._texture_models[path]
 
     @property
     def identity_network(self) -> "IdentityNetwork":
@@ -180,7 +194,16 @@ class Reconstructor:
             lights.append(lit.light)
             lighting_losses += lit.losses if i == 0 else []
         light = _cat_lights(lights)
-        texture = self._texture(pixels, vertices, camera, light, size=min(app.texture_size, 1024))
+        texture_model = self.texture_model()
+        texture = self._texture(pixels, vertices, camera, light,
+                                size=texture_model.resolution if texture_model is not None else min(app.texture_size, 1024))
+        latent = None
+        if texture_model is not None:
+            # Start from the model's code closest to the projected photo where the model can
+            # project (PCA), else from its mean (paper 3.4 starts the GAN from its mean latent).
+            project = getattr(texture_model, "project", None)
+            with torch.no_grad():
+                latent = project(texture.image[None]) if callable(project) else texture_model.initial_latent(1)
 
         pose = stage1.pose
         losses: dict[str, list[float]] = {"landmarks": stage1.losses, "lighting": lighting_losses}
@@ -188,8 +211,10 @@ class Reconstructor:
             fit = fit_joint(
                 self.model, self.renderer, self.identity_network, targets, pose, identity, expression, light,
                 texture.image[None], joint, progress, seed=settings.seed,
+                texture_model=texture_model, texture_latent=latent,
             )
             pose, identity, expression, light = fit.pose, fit.identity, fit.expression, fit.light
+            latent = fit.texture_latent if fit.texture_latent is not None else latent
             losses.update({f"joint_{k}": v for k, v in fit.losses.items()})
 
         progress(ProgressEvent("texture", 1, 2))
@@ -197,7 +222,14 @@ class Reconstructor:
             vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression)
             neutral = self.model.vertices(identity * id_std, torch.zeros_like(expression[:1]))
             camera = pose.camera()
-            texture = self._texture(pixels, vertices, camera, light, size=app.texture_size)
+            if texture_model is not None and latent is not None:
+                decoded = texture_model.decode(latent)
+                if decoded.shape[-1] != app.texture_size:
+                    decoded = F.interpolate(decoded, size=(app.texture_size, app.texture_size), mode="bilinear",
+                                            align_corners=False, antialias=decoded.shape[-1] > app.texture_size)
+                texture = UVTexture(image=decoded[0].clamp(0, 1), confidence=torch.ones_like(decoded[0, :1]))
+            else:
+                texture = self._texture(pixels, vertices, camera, light, size=app.texture_size)
             errors = _landmark_errors(self.model, vertices, camera, photos, faces)
             width, height = photos[0].size
             render = self.renderer(vertices[:1], texture.image[None], _view(camera, 0), _light(light, 0), height, width)
@@ -235,7 +267,7 @@ class Reconstructor:
             texture=_to_image(texture.image),
             preview=_to_image(preview),
             shape_model=self.model.name,
-            texture_model=TEXTURE_MODEL,
+            texture_model=TEXTURE_MODEL if texture_model is None else _texture_model_name(settings.texture_model),
             engine_version=__version__,
             losses=losses,
             settings={
@@ -261,6 +293,14 @@ class Reconstructor:
             for i, px in enumerate(pixels)
         ]
         return merge_textures(textures)
+
+
+def _texture_model_name(path: str | None) -> str:
+    """How result.json names a texture model file: its kind and file name."""
+    name = Path(path or "").name
+    with np.load(path, allow_pickle=False) as data:
+        kind = str(data["kind"]) if "kind" in data.files else "texture model"
+    return f"{kind.upper()} texture model {name} (latent fitted, eq. 6)"
 
 
 def _view(camera: Camera, i: int) -> Camera:

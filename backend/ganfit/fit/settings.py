@@ -27,7 +27,7 @@ class AppearanceStageSettings:
     steps: int = 80
     learning_rate: float = 0.05
     render_size: int = 224  # the face crop is rendered at render_size x render_size
-    texture_size: int = 1024  # UV texture resolution (square); the face island spans about 0.3 of it
+    texture_size: int = 512  # UV texture resolution (square); the face chart covers 58% of it
     light_prior_weight: float = 0.01
 
 
@@ -59,6 +59,9 @@ class JointStageSettings:
     random_pitch_degrees: float = 15.0
     random_expression: float = 0.3  # largest random ARKit weight added in the random-pose render
     random_light: float = 0.3  # relative jitter of the random render's light colour and direction
+    # With a texture model (FitSettings.texture_model): the latent's Adam rate and prior weight.
+    texture_learning_rate: float = 0.03
+    texture_prior_weight: float = 1e-3  # eq. 13 for the texture latent (its prior is ~||z||^2)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class FitSettings:
     seed: int = 0
     device: str = "cpu"
     face_index: int | None = None  # which face when a photo has several (0 = largest)
+    # A texture model file (ganfit.texture: GAN weights or a PCA .npz): the texture becomes its
+    # decoded latent, fitted in stage 2 (paper eq. 6). None: the photo projected into UV.
+    texture_model: str | None = None
     max_photo_side: int = 2048
 
     def to_dict(self) -> dict[str, Any]:

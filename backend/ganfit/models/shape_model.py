@@ -58,7 +58,9 @@ class ShapeModel(nn.Module):
     offsets per unit coefficient; ``faces`` and ``uv_faces`` (F, 3) int64; ``uvs`` (T, 2) with v
     up; ``landmark_indices`` (68,) iBUG-68 vertex indices; ``identity_std`` (Ki,) and
     ``expression_std`` (Ke,) prior std; ``expression_min``/``expression_max`` (Ke,) valid range;
-    ``face_segments`` (F,) index into ``face_segment_names`` (empty when the model has none).
+    ``face_segments`` (F,) index into ``face_segment_names`` (empty when the model has none);
+    ``uv_charts`` (F,) index into ``uv_chart_names``: the UV chart of each triangle (empty when
+    the model has none; ``ganfit.texture.uv_layout`` reads the face chart from it).
     """
 
     mean: Tensor
@@ -73,6 +75,7 @@ class ShapeModel(nn.Module):
     expression_min: Tensor
     expression_max: Tensor
     face_segments: Tensor
+    uv_charts: Tensor
 
     def __init__(
         self,
@@ -93,6 +96,8 @@ class ShapeModel(nn.Module):
         expression_max: Tensor | np.ndarray | None = None,
         face_segments: Tensor | np.ndarray | None = None,
         face_segment_names: list[str] | None = None,
+        uv_charts: Tensor | np.ndarray | None = None,
+        uv_chart_names: list[str] | None = None,
     ) -> None:
         super().__init__()
 
@@ -129,10 +134,12 @@ class ShapeModel(nn.Module):
             "expression_min": real(expression_min if expression_min is not None else np.full(ke, -np.inf)),
             "expression_max": real(expression_max if expression_max is not None else np.full(ke, np.inf)),
             "face_segments": index(face_segments if face_segments is not None else np.zeros(0)),
+            "uv_charts": index(uv_charts if uv_charts is not None else np.zeros(0)),
         }
         self.identity_names = [str(n) for n in identity_names]
         self.expression_names = [str(n) for n in expression_names]
         self.face_segment_names = [str(n) for n in (face_segment_names or [])]
+        self.uv_chart_names = [str(n) for n in (uv_chart_names or [])]
         self.name = name
         self.provenance: dict[str, Any] = dict(provenance or {})
         _validate(buffers, self.identity_names, self.expression_names, n_vert, name or "shape model")
@@ -286,6 +293,7 @@ def _validate(
         (buffers["uv_faces"].shape == buffers["faces"].shape, "uv_faces shape"),
         (buffers["uvs"].ndim == 2 and buffers["uvs"].shape[1] == 2, "uvs shape"),
         (buffers["face_segments"].numel() in (0, buffers["faces"].shape[0]), "face_segments length"),
+        (buffers["uv_charts"].numel() in (0, buffers["faces"].shape[0]), "uv_charts length"),
         (
             bool(torch.isfinite(mean).all())
             and bool(torch.isfinite(idb).all())
@@ -362,6 +370,8 @@ def _load_arrays(path: Path, landmarks_path: Path | None) -> dict[str, Any]:
         expression_max=arrays.get("expression_max"),
         face_segments=arrays.get("face_segments"),
         face_segment_names=names("face_segment_names"),
+        uv_charts=arrays.get("uv_charts"),
+        uv_chart_names=names("uv_chart_names"),
     )
 
 
