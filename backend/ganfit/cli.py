@@ -311,7 +311,12 @@ def info_dict() -> dict[str, Any]:
                                "path": str(FaceDetector().landmark_model_path)}
     except GanfitError as exc:
         models["landmarks"] = {"error": str(exc)}
-    models["texture"] = {"name": TEXTURE_MODEL, "path": "(computed from each photo)"}
+    models["texture"] = {
+        "name": TEXTURE_MODEL,
+        "path": "(computed from each photo)",
+        "note": "the default: no trained texture GAN ships yet; `reconstruct --texture-model FILE` fits a "
+                "GAN or PCA texture model's latent instead (docs/texture-model.md)",
+    }
     return {
         "ganfit": __version__,
         "python": platform.python_version(),
