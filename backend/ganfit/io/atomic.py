@@ -17,10 +17,11 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ganfit.errors import OutputError
 
-__all__ = ["atomic_directory", "atomic_file", "check_can_create"]
+__all__ = ["atomic_directory", "atomic_file", "atomic_savez", "check_can_create"]
 
 log = logging.getLogger(__name__)
 
@@ -280,3 +281,14 @@ def atomic_file(target: Path | str, *, force: bool = False) -> Iterator[Path]:
             _remove(tmp)
         if not published:
             _remove_empty(created_parents)
+
+
+def atomic_savez(target: Path | str, arrays: dict[str, Any]) -> Path:
+    """``np.savez`` to ``target`` through ``atomic_file`` (replacing it): model files written by
+    the trainers are never left half-written."""
+    import numpy as np
+
+    with atomic_file(target, force=True) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return Path(target)

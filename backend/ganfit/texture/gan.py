@@ -34,8 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganfit.errors import ModelDataError
+from ganfit.io.atomic import atomic_savez
 
 __all__ = [
     "Discriminator",
@@ -378,14 +377,7 @@ def save_generator(generator: Generator, path: str | Path, info: dict[str, Any] 
     }
     for name, tensor in generator.state_dict().items():
         arrays[f"param/{name}"] = tensor.detach().cpu().numpy().astype(np.float16)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_savez(file, arrays)
     size = file.stat().st_size
     if size > MAX_EXPORT_BYTES:
         log.warning("%s is %.1f MB, over the 50 MB shipping limit: use fewer channels", file, size / 2**20)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +30,7 @@ import torch
 from torch import nn
 
 from ganfit.errors import ModelDataError
+from ganfit.io.atomic import atomic_savez
 from ganfit.texture.model import Split, UvTextureSet
 
 __all__ = ["PcaFitSettings", "PcaTextureModel", "fit_pca", "fit_pca_arrays", "main", "register", "run"]
@@ -137,7 +136,7 @@ class PcaTextureModel(nn.Module):
             "explained_variance_ratio": self.explained_variance_ratio.detach().cpu().numpy().astype(np.float32),
             "info": np.array(json.dumps(self.info)),
         }
-        _atomic_savez(file, arrays)
+        atomic_savez(file, arrays)
         log.info("PCA texture model (%d components, %d px) written to %s", self.latent_dim, self.resolution, file)
         return file
 
@@ -160,17 +159,6 @@ class PcaTextureModel(nn.Module):
         except (OSError, KeyError, ValueError) as exc:
             raise ModelDataError(f"cannot read PCA texture model {file}: {exc}; refit it") from exc
         return model.to(device) if device is not None else model
-
-
-def _atomic_savez(file: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
