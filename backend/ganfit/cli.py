@@ -91,6 +91,7 @@ LOSS_TERMS = {
     "identity-prior": "identity_prior_weight",
     "expression-prior": "expression_prior_weight",
     "light-prior": "light_prior_weight",
+    "texture-prior": "texture_prior_weight",
 }
 
 
