@@ -283,6 +283,13 @@ def test_texture_model_latent_is_fitted(grace, identity_net, tmp_path: Path) -> 
     # The texture left the mean: the latent moved toward the photo.
     assert np.abs(result.texture.astype(float) / 255 - np.array([0.75, 0.55, 0.45])).mean() > 0.005
     assert result.losses["joint_pixel"][-1] < result.losses["joint_pixel"][0]
+    assert not any(k.startswith("refine_") for k in result.losses)  # refinement is off by default
+
+    refined = Reconstructor(replace(settings, joint=replace(settings.joint, texture_refine_steps=6)),
+                            identity=identity_net).reconstruct_photo(photo)
+    assert refined.texture_model.endswith("per-texel refinement (6 steps)")
+    assert len(refined.losses["refine_pixel"]) == 6
+    assert refined.losses["refine_pixel"][-1] < refined.losses["refine_pixel"][0]
 
 
 def test_cli_rejects_missing_texture_model(tmp_path: Path) -> None:

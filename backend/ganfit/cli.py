@@ -59,6 +59,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--texture-model", type=Path, default=None, metavar="NPZ",
                      help="texture model (GAN weights or PCA .npz, docs/texture-model.md): the texture is its "
                           "fitted latent code instead of the projected photo")
+    rec.add_argument("--texture-refine-steps", type=int, default=None, metavar="N",
+                     help="with --texture-model: refine the UV map itself for N steps after the fit "
+                          "(the paper's optional last step; off by default, reported separately)")
     rec.add_argument("--identity-model", type=Path, default=None, metavar="ONNX",
                      help="insightface ArcFace .onnx as the identity network instead of dlib's (docs/backends.md)")
     rec.add_argument("--landmark-model", type=Path, default=None, metavar="FILE",
@@ -144,6 +147,10 @@ def _settings(args: argparse.Namespace):
         joint = replace(joint, steps=args.fit_steps)
     if args.fit_lr is not None:
         joint = replace(joint, learning_rate=args.fit_lr)
+    if args.texture_refine_steps is not None:
+        if args.texture_refine_steps < 0 or args.texture_model is None:
+            raise GanfitError("--texture-refine-steps: give a number >= 0, together with --texture-model FILE")
+        joint = replace(joint, texture_refine_steps=args.texture_refine_steps)
     if args.texture_model is not None and not args.texture_model.is_file():
         raise GanfitError(f"--texture-model {args.texture_model}: file not found; check the path")
     texture_model = None if args.texture_model is None else str(args.texture_model)

@@ -359,3 +359,50 @@ def _random_render(
     windows.append(window)
     warps.append(warp)
     return out.image * out.mask + target.background * (1 - out.mask)
+
+
+def refine_texture(
+    renderer: MeshRenderer,
+    identity_net: IdentityNetwork,
+    targets: list[PhotoTarget],
+    vertices: Tensor,
+    camera: Camera,
+    light: PointLight,
+    texture: Tensor,
+    settings: JointStageSettings,
+    progress: ProgressFn = no_progress,
+) -> tuple[Tensor, dict[str, list[float]]]:
+    """The paper's optional last step: the UV map itself moves (a per-texel residual on the
+    texture model's output) under the pixel and identity losses, geometry and light fixed.
+
+    Off by default (``texture_refine_steps`` 0): it escapes the texture prior, so what it adds is
+    the photo's detail, not the model's; results record it separately (``refine_*`` losses).
+    Returns the refined texture (1, 3, T, T) and the loss curves.
+    """
+    residual = torch.zeros_like(texture, requires_grad=True)
+    optimiser = Adam([residual], lr=settings.texture_refine_learning_rate)
+    size = settings.render_size
+    history: dict[str, list[float]] = {"pixel": [], "identity": [], "total": []}
+    reference = torch.cat([t.embedding for t in targets])
+    for step in range(settings.texture_refine_steps):
+        optimiser.zero_grad(set_to_none=True)
+        refined = (texture + residual).clamp(0.0, 1.0)
+        pixels, chips_in = [], []
+        for b, (target, cam_b) in enumerate(zip(targets, _split(camera))):
+            sl = slice(b, b + 1)
+            light_b = PointLight(light.position[sl], light.colour[sl], light.ambient[sl])
+            out = renderer(vertices[sl], refined, cam_b, light_b, size, size, image_size=target.size, window=target.window)
+            pixels.append(pixel_loss(out.image, target.image, target.region * out.mask))
+            chips_in.append(out.image * out.mask + target.image * (1 - out.mask))
+        chips = extract_chips(chips_in, [t.window for t in targets], [t.warp for t in targets])
+        ident = identity_loss(identity_net.embed(chips), reference)
+        pixel = torch.cat(pixels)
+        total = (settings.pixel_weight * pixel + settings.identity_weight * ident).mean() + 1e-2 * residual.square().mean()
+        total.backward()
+        optimiser.step()
+        values = {"pixel": float(pixel.detach().mean()), "identity": float(ident.detach().mean()), "total": float(total.detach())}
+        for key, value in values.items():
+            history[key].append(value)
+        progress(ProgressEvent("refine", step + 1, settings.texture_refine_steps, values))
+    with torch.no_grad():
+        return (texture + residual).clamp(0.0, 1.0).detach(), history

@@ -30,7 +30,7 @@ from ..render import MeshRenderer
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
 from .appearance_stage import FaceCrop, fit_lighting
-from .joint_stage import fit_joint, prepare_target
+from .joint_stage import fit_joint, prepare_target, refine_texture
 from .landmark_stage import LandmarkFit, fit_landmarks
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
@@ -224,6 +224,12 @@ class Reconstructor:
             camera = pose.camera()
             if texture_model is not None and latent is not None:
                 decoded = texture_model.decode(latent)
+                if joint.texture_refine_steps > 0 and use_identity:
+                    with torch.enable_grad():
+                        decoded, refine_losses = refine_texture(
+                            self.renderer, self.identity_network, targets, vertices, camera, light, decoded,
+                            joint, progress)
+                    losses.update({f"refine_{k}": v for k, v in refine_losses.items()})
                 if decoded.shape[-1] != app.texture_size:
                     decoded = F.interpolate(decoded, size=(app.texture_size, app.texture_size), mode="bilinear",
                                             align_corners=False, antialias=decoded.shape[-1] > app.texture_size)
@@ -267,7 +273,8 @@ class Reconstructor:
             texture=_to_image(texture.image),
             preview=_to_image(preview),
             shape_model=self.model.name,
-            texture_model=TEXTURE_MODEL if texture_model is None else _texture_model_name(settings.texture_model),
+            texture_model=TEXTURE_MODEL if texture_model is None else _texture_model_name(settings.texture_model)
+            + (f" + per-texel refinement ({joint.texture_refine_steps} steps)" if "refine_total" in losses else ""),
             engine_version=__version__,
             losses=losses,
             settings={

@@ -62,6 +62,10 @@ class JointStageSettings:
     # With a texture model (FitSettings.texture_model): the latent's Adam rate and prior weight.
     texture_learning_rate: float = 0.03
     texture_prior_weight: float = 1e-3  # eq. 13 for the texture latent (its prior is ~||z||^2)
+    # The paper's optional last refinement of the UV map itself (with a texture model only).
+    # Off by default: it leaves the texture prior, and results report it separately.
+    texture_refine_steps: int = 0
+    texture_refine_learning_rate: float = 0.01
 
 
 @dataclass(frozen=True)
