@@ -208,7 +208,15 @@ def fit_joint(
     names = ("identity", "random_pose", "content", "pixel", "landmark", "prior", "texture_prior", "total")
     history: dict[str, list[float]] = {name: [] for name in names}
 
+    optimisers = [o for o in (optimiser, pose_optimiser, texture_optimiser) if o is not None]
+    base_rates = [o.lr for o in optimisers]
     for step in range(s.steps):
+        # Linear warm-up: Adam's first steps move every parameter by the full rate whatever its
+        # gradient, which with a fixed texture slides it against the photo (pixel loss x6 at
+        # step 2 without it).
+        ramp = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else 1.0
+        for o, rate in zip(optimisers, base_rates):
+            o.lr = rate * ramp
         optimiser.zero_grad(set_to_none=True)
         pose_optimiser.zero_grad(set_to_none=True)
         if texture_model is not None and latent is not None:

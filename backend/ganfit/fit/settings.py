@@ -43,6 +43,7 @@ class JointStageSettings:
     steps: int = 60  # 0 skips the stage (the landmark-only fit)
     learning_rate: float = 0.01  # the paper's Adam rate, for identity/expression/light
     pose_learning_rate: float = 0.002  # rotation (rad) and log-depth move less per step
+    warmup_steps: int = 10  # learning rates ramp up linearly over these first steps
     render_size: int = 224  # the photo-view render (face window) and the pixel loss
     # The random-pose render only feeds the identity network: its window hugs the 150 px chip,
     # so 160 px keeps about one render pixel per chip pixel at 2/3 of the cost of 224.
