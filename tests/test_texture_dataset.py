@@ -211,6 +211,29 @@ def test_ctrl_c_stops_cleanly_and_resumes(reference, many_dir: Path, tmp_path: P
     _same_as_reference(out, reference[0], [f"{c}{i}" for c in "ga" for i in range(4)])
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGTERM are POSIX")
+def test_sigterm_stops_cleanly_and_leaves_no_workers(many_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM to the parent alone (kill PID, a scheduler): it stops like Ctrl-C, and its worker
+    processes go with it instead of running on."""
+    out = tmp_path / "set"
+    process = _cli(many_dir, out)
+    _wait_for_records(out, 1, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not _partials(out)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # anything left in the build's process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("worker processes outlived the SIGTERM-ed build")
+
+
 def _worker_pids(pid: int) -> list[int]:
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -820,9 +820,24 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     )
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a service manager, `kill`, a job scheduler) stops the build like Ctrl-C: the
+    workers are shut down and the set stays resumable, instead of the parent vanishing and its
+    workers running on."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand: 0 when the set holds at least one texture, 1 when none succeeded,
-    2 for bad arguments (one line on stderr), 130 on Ctrl-C."""
+    2 for bad arguments (one line on stderr), 130 on Ctrl-C or SIGTERM."""
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         summary = build_texture_dataset(
             args.images, args.out, config_from_args(args), workers=args.workers, limit=args.limit,
