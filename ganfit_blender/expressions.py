@@ -54,16 +54,20 @@ def _set_weights(obj: bpy.types.Object, weights: dict[str, float]) -> None:
         key.value = float(weights.get(key.name, 0.0))
 
 
-class GANFIT_OT_expression_reset(bpy.types.Operator):
+class _NeedsHead:
+    """Operators that act on the active GANFit head: greyed out without one."""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return ganfit_head(context) is not None
+
+
+class GANFIT_OT_expression_reset(_NeedsHead, bpy.types.Operator):
     """Set every expression shape key to 0: the neutral face of the fitted identity"""
 
     bl_idname = "ganfit.expression_reset"
     bl_label = "Neutral"
     bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return ganfit_head(context) is not None
 
     def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         obj = ganfit_head(context)
@@ -73,16 +77,12 @@ class GANFIT_OT_expression_reset(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class GANFIT_OT_expression_restore(bpy.types.Operator):
+class GANFIT_OT_expression_restore(_NeedsHead, bpy.types.Operator):
     """Set the expression shape keys back to the weights fitted to the photo"""
 
     bl_idname = "ganfit.expression_restore"
     bl_label = "Fitted"
     bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return ganfit_head(context) is not None
 
     def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         obj = ganfit_head(context)

@@ -52,7 +52,16 @@ class DlibIdentity:
     chip_size = CHIP_SIZE
 
     def __init__(self, device: str | torch.device = "cpu", network: FaceRecognitionNetwork | None = None):
-        self.network = network or load_face_recognition_network(device)
+        self._device = device
+        self._network = network
+
+    @property
+    def network(self) -> FaceRecognitionNetwork:
+        """Read (0.4 s) on first use: the chip warp alone, all a landmark-only fit asks for,
+        needs only dlib."""
+        if self._network is None:
+            self._network = load_face_recognition_network(self._device)
+        return self._network
 
     def chip_transform(self, landmarks68: np.ndarray) -> np.ndarray:
         """(2, 3) map from chip pixel indices to image positions (see ``face.alignment``)."""

@@ -40,7 +40,7 @@ class LightingFit:
 
 
 def light_from_direction(centre: Tensor, distance: Tensor, direction: Tensor, colour: Tensor, ambient: Tensor) -> PointLight:
-    """A point light at ``distance`` from the head centre along ``direction`` (all batch 1)."""
+    """Point lights at ``distance`` from the head centre along ``direction`` (batch-first)."""
     unit = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     return PointLight(position=centre + distance[:, None] * unit, colour=colour, ambient=ambient)
 

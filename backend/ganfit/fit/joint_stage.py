@@ -30,6 +30,7 @@ from torch import Tensor
 from ..face.alignment import ChipWarp, Window, crop_window, extract_chips
 from ..models.shape_model import ShapeModel
 from ..render import Camera, MeshRenderer, PointLight
+from .appearance_stage import light_from_direction
 from .landmark_stage import interocular
 from .losses import coefficient_prior, content_loss, identity_loss, landmark_loss, pixel_loss
 from .optim import Adam
@@ -125,10 +126,8 @@ class LightParams:
     def parameters(self) -> list[Tensor]:
         return [self.direction, self.colour, self.ambient]
 
-    def light(self, index: slice | None = None) -> PointLight:
-        sl = index if index is not None else slice(None)
-        unit = self.direction[sl] / self.direction[sl].norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        return PointLight(self.centre[sl] + self.distance[sl, None] * unit, self.colour[sl], self.ambient[sl])
+    def light(self) -> PointLight:
+        return light_from_direction(self.centre, self.distance, self.direction, self.colour, self.ambient)
 
 
 @dataclass
@@ -234,9 +233,9 @@ def fit_joint(
         random_rows: list[int] = []
         pixel_terms: list[Tensor] = []
         projected: list[Tensor] = []
-        for b, (target, cam_b) in enumerate(zip(targets, _split(camera))):
+        for b, target in enumerate(targets):
             sl = slice(b, b + 1)
-            light_b = PointLight(all_lights.position[sl], all_lights.colour[sl], all_lights.ambient[sl])
+            cam_b, light_b = camera.view(b), all_lights.view(b)
             marks = model.vertices(shared[sl], expression[sl], indices=index)
             projected.append(cam_b.project(marks, target.size[0], target.size[1])[..., :2])
             if s.identity_weight or s.content_weight or s.pixel_weight:
@@ -316,11 +315,6 @@ def fit_joint(
     )
 
 
-def _split(camera: Camera) -> list[Camera]:
-    return [Camera(camera.position[i : i + 1], camera.look_at[i : i + 1], camera.up[i : i + 1], camera.focal[i : i + 1])
-            for i in range(camera.batch_size)]
-
-
 def _random_render(
     model: ShapeModel,
     renderer: MeshRenderer,
@@ -396,9 +390,9 @@ def refine_texture(
         optimiser.zero_grad(set_to_none=True)
         refined = (texture + residual).clamp(0.0, 1.0)
         pixels, chips_in = [], []
-        for b, (target, cam_b) in enumerate(zip(targets, _split(camera))):
+        for b, target in enumerate(targets):
             sl = slice(b, b + 1)
-            light_b = PointLight(light.position[sl], light.colour[sl], light.ambient[sl])
+            cam_b, light_b = camera.view(b), light.view(b)
             out = renderer(vertices[sl], refined, cam_b, light_b, size, size, image_size=target.size, window=target.window)
             pixels.append(pixel_loss(out.image, target.image, target.region * out.mask))
             chips_in.append(out.image * out.mask + target.image * (1 - out.mask))

@@ -190,27 +190,30 @@ class Reconstructor:
         lighting_losses: list[float] = []
         for i, (photo, target) in enumerate(zip(photos, targets)):
             crop = FaceCrop(window=target.window, image=target.image, region=target.region)
-            lit = fit_lighting(self.renderer, vertices[i : i + 1], _view(camera, i), photo.size, crop, app, progress)
+            lit = fit_lighting(self.renderer, vertices[i : i + 1], camera.view(i), photo.size, crop, app, progress)
             lights.append(lit.light)
             lighting_losses += lit.losses if i == 0 else []
         light = _cat_lights(lights)
         texture_model = self.texture_model()
-        texture = self._texture(pixels, vertices, camera, light,
-                                size=texture_model.resolution if texture_model is not None else min(app.texture_size, 1024))
+        # A texture model starts from its code closest to the projected photo where it can
+        # project (PCA), else from its mean (paper 3.4 starts the GAN from its mean latent); only
+        # the projected texture itself and PCA need the photos projected here.
+        project = getattr(texture_model, "project", None)
         latent = None
+        if texture_model is None or callable(project):
+            size = texture_model.resolution if texture_model is not None else min(app.texture_size, 1024)
+            texture_image = self._texture(pixels, vertices, camera, light, size=size).image[None]
         if texture_model is not None:
-            # Start from the model's code closest to the projected photo where the model can
-            # project (PCA), else from its mean (paper 3.4 starts the GAN from its mean latent).
-            project = getattr(texture_model, "project", None)
             with torch.no_grad():
-                latent = project(texture.image[None]) if callable(project) else texture_model.initial_latent(1)
+                latent = project(texture_image) if callable(project) else texture_model.initial_latent(1)
+                texture_image = texture_model.decode(latent)
 
         pose = stage1.pose
         losses: dict[str, list[float]] = {"landmarks": stage1.losses, "lighting": lighting_losses}
         if use_identity:
             fit = fit_joint(
                 self.model, self.renderer, self.identity_network, targets, pose, identity, expression, light,
-                texture.image[None], joint, progress, seed=settings.seed,
+                texture_image, joint, progress, seed=settings.seed,
                 texture_model=texture_model, texture_latent=latent,
             )
             pose, identity, expression, light = fit.pose, fit.identity, fit.expression, fit.light
@@ -238,15 +241,15 @@ class Reconstructor:
                 texture = self._texture(pixels, vertices, camera, light, size=app.texture_size)
             errors = _landmark_errors(self.model, vertices, camera, photos, faces)
             width, height = photos[0].size
-            render = self.renderer(vertices[:1], texture.image[None], _view(camera, 0), _light(light, 0), height, width)
+            render = self.renderer(vertices[:1], texture.image[None], camera.view(0), light.view(0), height, width)
             preview = render.image[0] * render.mask[0] + pixels[0] * (1 - render.mask[0])
         progress(ProgressEvent("texture", 2, 2))
 
         views = [
             {
                 "photo": str(photo.path),
-                "camera": _camera_params(_view(camera, i), photo.size).to_json(),
-                "light": _light_params(_light(light, i)).to_json(),
+                "camera": _camera_params(camera.view(i), photo.size).to_json(),
+                "light": _light_params(light.view(i)).to_json(),
                 "expression_weights": [float(x) for x in expression[i].cpu()],
                 "landmark_error_iod": errors[i],
                 "face": face.index,
@@ -268,12 +271,12 @@ class Reconstructor:
             landmark_indices=self.model.landmark_indices.cpu().numpy(),
             landmarks_2d=faces[0].landmarks,
             landmark_error_iod=errors[0],
-            camera=_camera_params(_view(camera, 0), photos[0].size),
-            light=_light_params(_light(light, 0)),
+            camera=_camera_params(camera.view(0), photos[0].size),
+            light=_light_params(light.view(0)),
             texture=_to_image(texture.image),
             preview=_to_image(preview),
             shape_model=self.model.name,
-            texture_model=TEXTURE_MODEL if texture_model is None else _texture_model_name(settings.texture_model)
+            texture_model=TEXTURE_MODEL if texture_model is None else _texture_model_name(texture_model, settings.texture_model)
             + (f" + per-texel refinement ({joint.texture_refine_steps} steps)" if "refine_total" in losses else ""),
             engine_version=__version__,
             losses=losses,
@@ -295,29 +298,18 @@ class Reconstructor:
         textures = [
             project_photo_to_uv(
                 px, vertices[i], self.model.faces, self.model.uvs, self.model.uv_faces,
-                _view(camera, i), self.mirror_index, size, _light(light, i),
+                camera.view(i), self.mirror_index, size, light.view(i),
             )
             for i, px in enumerate(pixels)
         ]
         return merge_textures(textures)
 
 
-def _texture_model_name(path: str | None) -> str:
-    """How result.json names a texture model file: its kind and file name."""
-    name = Path(path or "").name
-    with np.load(path, allow_pickle=False) as data:
-        kind = str(data["kind"]) if "kind" in data.files else "texture model"
-    return f"{kind.upper()} texture model {name} (latent fitted, eq. 6)"
-
-
-def _view(camera: Camera, i: int) -> Camera:
-    sl = slice(i, i + 1)
-    return Camera(camera.position[sl], camera.look_at[sl], camera.up[sl], camera.focal[sl])
-
-
-def _light(light: PointLight, i: int) -> PointLight:
-    sl = slice(i, i + 1)
-    return PointLight(light.position[sl], light.colour[sl], light.ambient[sl])
+def _texture_model_name(model: "TextureModel", path: str | None) -> str:
+    """How result.json names a texture model: its kind (PCA, GAN: from the class, no second read
+    of the file) and file name."""
+    kind = type(model).__name__.removesuffix("TextureModel").upper() or "TEXTURE"
+    return f"{kind} texture model {Path(path or '').name} (latent fitted, eq. 6)"
 
 
 def _cat_lights(lights: list[PointLight]) -> PointLight:
@@ -350,6 +342,6 @@ def _landmark_errors(model: ShapeModel, vertices: torch.Tensor, camera: Camera, 
     for i, (photo, face) in enumerate(zip(photos, faces)):
         width, height = photo.size
         points = vertices[i : i + 1, model.landmark_indices]
-        projected = _view(camera, i).project(points, width, height)[0, :, :2].cpu().numpy()
+        projected = camera.view(i).project(points, width, height)[0, :, :2].cpu().numpy()
         errors.append(float(np.linalg.norm(projected - face.landmarks, axis=-1).mean() / face.interocular))
     return errors

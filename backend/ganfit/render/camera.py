@@ -82,3 +82,8 @@ class Camera:
 
     def detach(self) -> "Camera":
         return Camera(self.position.detach(), self.look_at.detach(), self.up.detach(), self.focal.detach())
+
+    def view(self, index: int) -> "Camera":
+        """Camera ``index`` of the batch, as a batch of one."""
+        sl = slice(index, index + 1)
+        return Camera(self.position[sl], self.look_at[sl], self.up[sl], self.focal[sl])

@@ -27,6 +27,11 @@ class PointLight:
     def detach(self) -> "PointLight":
         return PointLight(self.position.detach(), self.colour.detach(), self.ambient.detach())
 
+    def view(self, index: int) -> "PointLight":
+        """Light ``index`` of the batch, as a batch of one."""
+        sl = slice(index, index + 1)
+        return PointLight(self.position[sl], self.colour[sl], self.ambient[sl])
+
 
 @dataclass(frozen=True)
 class PhongMaterial:
