@@ -6,6 +6,7 @@ builder writes them (``<stem>.png``, ``<stem>_conf.png``, ``split.json``), and a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -202,6 +203,22 @@ def test_exported_generator_is_a_differentiable_texture_model(trained_run: Path,
     assert float(w_model.prior(w_model.initial_latent(1))) < 1e-6
     assert float(w_model.prior(w_model.sample_latent(256, torch.Generator().manual_seed(2))).mean()) == pytest.approx(
         w_model.latent_dim, rel=0.35)
+
+
+def test_mean_offset_starts_from_the_mirrored_data_mean_and_is_exported(uv_folder: Path, tmp_path: Path,
+                                                                        one_thread: None) -> None:
+    gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True)
+    out = tmp_path / "offset"
+    train_texture(tiny_config(uv_folder, out, steps=2, gan=gan, checkpoint_every=2))
+    maps = torch.from_numpy(UvTextureSet.open(uv_folder, "train").load(SIZE)).permute(0, 3, 1, 2).double()
+    mean = maps.mean(0) / 127.5 - 1.0
+    expected = 0.5 * (mean + mean.flip(-1))
+    state = torch.load(latest_checkpoint(out), weights_only=True)
+    for part in ("G", "G_ema"):  # a buffer: training does not move it
+        assert torch.allclose(state[part]["synthesis.mean_image"].double(), expected, atol=1e-6)
+    model = load_texture_model(export_generator(latest_checkpoint(out), tmp_path / "offset.npz"))
+    assert isinstance(model, GanTextureModel) and model.config.mean_offset
+    assert torch.allclose(model.generator.synthesis.mean_image.double(), expected, atol=2e-3)  # float16
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

@@ -81,6 +81,10 @@ class GanConfig:
     #: Per-pixel noise inputs (fine detail such as pores); off makes the generator deterministic.
     noise: bool = True
     mbstd_group: int = 4
+    #: Add a fixed image to the synthesis output: the training set's mean map, set once when
+    #: training starts. The adversarial game then learns deviations from the mean instead of the
+    #: mean itself first -- what matters when training time is short (a CPU run).
+    mean_offset: bool = False
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -251,6 +255,8 @@ class SynthesisNetwork(nn.Module):
                                              noise=config.noise))
             self.torgbs.append(ToRGB(out_ch, config.w_dim))
             in_ch = out_ch
+        if config.mean_offset:
+            self.register_buffer("mean_image", torch.zeros(3, config.resolution, config.resolution))
 
     def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "random",
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -270,6 +276,8 @@ class SynthesisNetwork(nn.Module):
             else:
                 img = F.interpolate(img, scale_factor=2.0, mode="bilinear", align_corners=False) + rgb
         assert img is not None
+        if self.config.mean_offset:
+            img = img + self.mean_image.to(img.dtype)
         return img
 
 

@@ -73,11 +73,15 @@ CHECKPOINT_VERSION = 1
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 #: Architecture presets. ``tiny`` is for tests and CPU smoke runs; ``256`` (the default) is the
-#: shipping size (~5 M generator parameters, ~10 MB as float16); ``512`` for more compute.
+#: shipping size (~5 M generator parameters, ~10 MB as float16); ``512`` for more compute;
+#: ``256-cpu`` keeps the 256 px output with 4-8x fewer feature maps and starts from the data's
+#: mean map (``mean_offset``): ~3 images/s on a 2-core CPU instead of ~0.2.
 PRESETS: dict[str, GanConfig] = {
     "tiny": GanConfig(resolution=32, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=16),
     "64": GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=4, channel_base=4096, channel_max=128),
     "256": GanConfig(),
+    "256-cpu": GanConfig(resolution=256, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024, channel_max=128,
+                         mean_offset=True),
     "512": GanConfig(resolution=512, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=256),
 }
 
@@ -378,6 +382,18 @@ class _Trainer:
 
     # One step ------------------------------------------------------------------------------
 
+    def set_mean_image(self, data: _Data) -> None:
+        """Start G (and its EMA copy) from the training maps' mean (``GanConfig.mean_offset``);
+        with flip augmentation, the mean of the maps and their mirror images."""
+        total = torch.zeros(data.images.shape[1:], dtype=torch.float64, device=data.images.device)
+        for start in range(0, len(data), 256):
+            total += data.images[start:start + 256].double().sum(0)
+        mean = total / len(data) / 127.5 - 1.0
+        if self.config.flip:
+            mean = 0.5 * (mean + mean.flip(-1))
+        for generator in (self.G, self.G_ema):
+            generator.synthesis.mean_image.copy_(mean.float())
+
     def _random(self) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_mix_seed(self.config.seed, self.step, self.ctx.rank))
@@ -525,6 +541,8 @@ def _train(config: TrainConfig, resume: bool | str | Path, ctx: _Dist) -> TrainR
         return TrainResult(trainer.step, trainer.step * config.batch, checkpoint, trainer.train_seconds, losses)
 
     data = _load_data(config, ctx.device)
+    if trainer.step == 0 and config.gan.mean_offset:
+        trainer.set_mean_image(data)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
@@ -648,6 +666,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--channel-base", type=int, default=None)
     add("--channel-max", type=int, default=None)
     add("--no-noise", action="store_true", default=None, help="no per-pixel noise inputs")
+    add("--mean-offset", action="store_true", default=None,
+        help="start the generator from the training maps' mean map (short runs, e.g. on a CPU)")
     add("--steps", type=int, default=None, help="optimiser steps in total (default 100000)")
     add("--batch", type=int, default=None, help="global batch, split over processes (default 32)")
     add("--lr", type=float, default=None, help="Adam learning rate of G and D (default 0.0025)")
@@ -683,7 +703,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.preset is not None:
         gan = PRESETS[args.preset]
     overrides = {"resolution": args.resolution, "channel_base": args.channel_base, "channel_max": args.channel_max,
-                 "noise": False if args.no_noise else None}
+                 "noise": False if args.no_noise else None,
+                 "mean_offset": True if args.mean_offset else None}
     gan = dataclasses.replace(gan, **{k: v for k, v in overrides.items() if v is not None})
     config.gan = gan
     simple = {"data": args.data, "steps": args.steps, "batch": args.batch, "r1_gamma": args.r1_gamma,
