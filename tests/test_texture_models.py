@@ -24,7 +24,7 @@ from PIL import Image
 from ganfit.errors import GanfitError
 from ganfit.texture.gan import GanTextureModel
 from ganfit.texture.metrics import DlibFeatureExtractor, high_frequency_ratio, kid, laplacian_energy, sharpness
-from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model
+from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model, resolve_texture_model
 from ganfit.texture.pca import PcaFitSettings, PcaTextureModel, fit_pca, fit_pca_arrays
 from ganfit.texture.train import PRESETS, TrainConfig, export_generator, latest_checkpoint, train_texture
 
@@ -201,6 +201,12 @@ def test_exported_generator_is_a_differentiable_texture_model(trained_run: Path,
         assert torch.equal(model.decode(latent), texture)  # deterministic (constant noise)
     w_model = load_texture_model(weights)
     assert float(w_model.prior(w_model.initial_latent(1))) < 1e-6
+    # Projection (GAN inversion) of a sample's texture gets much closer to it than the mean does.
+    target = w_model.sample(2, torch.Generator().manual_seed(3))
+    start = (w_model.decode(w_model.initial_latent(2)) - target).abs().mean()
+    with torch.no_grad():  # as reconstruct calls it
+        projected = w_model.project(target, steps=40)
+    assert float((w_model.decode(projected) - target).abs().mean()) < 0.5 * float(start)
     assert float(w_model.prior(w_model.sample_latent(256, torch.Generator().manual_seed(2))).mean()) == pytest.approx(
         w_model.latent_dim, rel=0.35)
 
@@ -219,6 +225,32 @@ def test_mean_offset_starts_from_the_mirrored_data_mean_and_is_exported(uv_folde
     model = load_texture_model(export_generator(latest_checkpoint(out), tmp_path / "offset.npz"))
     assert isinstance(model, GanTextureModel) and model.config.mean_offset
     assert torch.allclose(model.generator.synthesis.mean_image.double(), expected, atol=2e-3)  # float16
+
+
+def test_shipped_gan_is_named_gan_and_reported_by_info(trained_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import ganfit.texture.model as texture_model_module
+    from ganfit.cli import main
+
+    missing = tmp_path / "absent" / "texture_gan.npz"
+    monkeypatch.setattr(texture_model_module, "SHIPPED_GAN", missing)
+    with pytest.raises(GanfitError, match="no texture GAN ships"):
+        resolve_texture_model("gan")
+    assert resolve_texture_model("projected") is None and resolve_texture_model(None) is None
+    assert main(["info", "--json"]) == 0
+    assert "texture_gan" not in json.loads(capsys.readouterr().out)["models"]
+
+    shipped = export_generator(latest_checkpoint(trained_run), tmp_path / "data" / "texture_gan.npz",
+                               quality={"kid_heldout": 12.5})
+    monkeypatch.setattr(texture_model_module, "SHIPPED_GAN", shipped)
+    assert resolve_texture_model("gan") == str(shipped)
+    assert isinstance(load_texture_model(resolve_texture_model("gan")), GanTextureModel)
+    assert main(["info", "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["models"]["texture_gan"]
+    assert entry["path"] == str(shipped) and "non-commercial" in entry["licence"]
+    assert entry["trained"] == "20 steps, 80 images" and entry["KIDx1e3 vs held-out"] == 12.5
+    assert main(["info"]) == 0
+    assert "texture_gan" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

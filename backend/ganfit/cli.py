@@ -56,9 +56,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="another 3DMM: BFM 2017 (.h5) or FLAME (.pkl/.npz); see docs/shape-models.md")
     rec.add_argument("--landmarks", type=Path, default=None, metavar="JSON",
                      help="68 landmark vertex indices for --shape-model (docs/shape-models.md)")
-    rec.add_argument("--texture-model", type=Path, default=None, metavar="NPZ",
-                     help="texture model (GAN weights or PCA .npz, docs/texture-model.md): the texture is its "
-                          "fitted latent code instead of the projected photo")
+    rec.add_argument("--texture-model", default=None, metavar="gan|projected|NPZ",
+                     help="texture model: 'gan' (the GAN that ships with ganfit), 'projected' (no model: the "
+                          "photo projected into UV) or a GAN/PCA .npz file (docs/texture-model.md); with a model "
+                          "the texture is its fitted latent code")
     rec.add_argument("--texture-refine-steps", type=int, default=None, metavar="N",
                      help="with --texture-model: refine the UV map itself for N steps after the fit "
                           "(the paper's optional last step; off by default, reported separately)")
@@ -121,7 +122,9 @@ def _check_positive(name: str, value: int | float | None) -> None:
 
 
 def _settings(args: argparse.Namespace):
+    from .errors import ModelDataError
     from .fit.settings import FitSettings
+    from .texture.model import resolve_texture_model
 
     for name in ("--steps", "--lighting-steps", "--lr", "--texture-size", "--fit-lr"):
         _check_positive(name, getattr(args, name.lstrip("-").replace("-", "_")))
@@ -148,12 +151,18 @@ def _settings(args: argparse.Namespace):
     if args.fit_lr is not None:
         joint = replace(joint, learning_rate=args.fit_lr)
     if args.texture_refine_steps is not None:
-        if args.texture_refine_steps < 0 or args.texture_model is None:
+        if args.texture_refine_steps < 0 or args.texture_model in (None, "projected"):
             raise GanfitError("--texture-refine-steps: give a number >= 0, together with --texture-model FILE")
         joint = replace(joint, texture_refine_steps=args.texture_refine_steps)
-    if args.texture_model is not None and not args.texture_model.is_file():
-        raise GanfitError(f"--texture-model {args.texture_model}: file not found; check the path")
-    texture_model = None if args.texture_model is None else str(args.texture_model)
+    texture_model = FitSettings().texture_model
+    if args.texture_model is not None:
+        try:
+            texture_model = resolve_texture_model(args.texture_model)
+        except ModelDataError as exc:
+            raise GanfitError(f"--texture-model gan: {exc}") from exc
+        if texture_model is not None and not Path(texture_model).is_file():
+            raise GanfitError(f"--texture-model {args.texture_model}: file not found; give 'gan', 'projected' "
+                              "or the path of a texture model .npz")
     return FitSettings(landmark=landmark, appearance=appearance, joint=joint, seed=args.seed, device=args.device,
                        face_index=args.face, texture_model=texture_model)
 
@@ -319,12 +328,7 @@ def info_dict() -> dict[str, Any]:
                                "path": str(FaceDetector().landmark_model_path)}
     except GanfitError as exc:
         models["landmarks"] = {"error": str(exc)}
-    models["texture"] = {
-        "name": TEXTURE_MODEL,
-        "path": "(computed from each photo)",
-        "note": "the default: no trained texture GAN ships yet; `reconstruct --texture-model FILE` fits a "
-                "GAN or PCA texture model's latent instead (docs/texture-model.md)",
-    }
+    models.update(_texture_models_info(TEXTURE_MODEL))
     return {
         "ganfit": __version__,
         "python": platform.python_version(),
@@ -334,6 +338,36 @@ def info_dict() -> dict[str, Any]:
         "devices": devices,
         "models": models,
     }
+
+
+def _texture_models_info(projection: str) -> dict[str, Any]:
+    """``info``'s texture entries: the texture model ``reconstruct`` uses by default, and the
+    shipped GAN with the figures and licence from its provenance file."""
+    from .fit.settings import FitSettings
+    from .texture.model import SHIPPED_GAN, shipped_gan_provenance
+
+    default = FitSettings().texture_model
+    entries: dict[str, Any] = {}
+    try:
+        provenance = shipped_gan_provenance()
+    except GanfitError as exc:
+        return {"texture": {"error": str(exc)}}
+    if provenance is not None:
+        quality = provenance.get("quality") or {}
+        gan: dict[str, Any] = {
+            "name": "UV texture GAN trained by the project (StyleGAN2-style, paper 3.1)",
+            "path": str(SHIPPED_GAN),
+            "use": "default" if default == str(SHIPPED_GAN) else "with `reconstruct --texture-model gan`",
+            "trained": f"{provenance.get('steps')} steps, {provenance.get('images_seen')} images",
+            "licence": provenance.get("data", {}).get("licence") if isinstance(provenance.get("data"), dict) else None,
+        }
+        if isinstance(quality, dict) and quality.get("kid_heldout") is not None:
+            gan["KIDx1e3 vs held-out"] = quality["kid_heldout"]
+        entries["texture_gan"] = gan
+    if default is None:
+        entries["texture"] = {"name": projection, "path": "(computed from each photo)",
+                              "use": "default; `--texture-model gan|FILE` fits a texture model's latent instead"}
+    return entries
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -195,9 +195,10 @@ class Reconstructor:
             lighting_losses += lit.losses if i == 0 else []
         light = _cat_lights(lights)
         texture_model = self.texture_model()
-        # A texture model starts from its code closest to the projected photo where it can
-        # project (PCA), else from its mean (paper 3.4 starts the GAN from its mean latent); only
-        # the projected texture itself and PCA need the photos projected here.
+        # A texture model starts from its code closest to the photo projected into UV where it
+        # can project (PCA: least squares; GAN: a short inversion -- paper 3.4 starts the GAN from
+        # its mean latent, which 60 joint steps could not move to the photo's colouring), else
+        # from its mean.
         project = getattr(texture_model, "project", None)
         latent = None
         if texture_model is None or callable(project):

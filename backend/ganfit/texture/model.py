@@ -29,10 +29,13 @@ from ganfit.errors import ModelDataError
 
 __all__ = [
     "CONFIDENCE_SUFFIX",
+    "SHIPPED_GAN",
     "Split",
     "TextureModel",
     "UvTextureSet",
     "load_texture_model",
+    "resolve_texture_model",
+    "shipped_gan_provenance",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,12 @@ CONFIDENCE_SUFFIX = "_conf"
 _PLAIN_TEST_EVERY = 10
 
 Split = Literal["train", "test", "all"]
+
+#: The texture GAN the project trained and ships (issue 5), with its provenance beside it
+#: (``texture_gan.json``: data, licence, configuration, steps, quality figures).
+SHIPPED_GAN = Path(__file__).resolve().parents[1] / "models" / "data" / "texture_gan.npz"
+#: Names ``resolve_texture_model`` accepts besides a file path.
+TEXTURE_MODEL_NAMES = ("gan", "projected")
 
 
 @runtime_checkable
@@ -92,6 +101,30 @@ def load_texture_model(path: str | Path, device: str | torch.device | None = Non
 
         return GanTextureModel.load(file, device=device, **options)  # type: ignore[arg-type,return-value]
     raise ModelDataError(f"{file}: unknown texture model kind {kind!r} (expected 'pca' or 'gan')")
+
+
+def resolve_texture_model(name: str | Path | None) -> str | None:
+    """A ``--texture-model`` value as a file path: ``"gan"`` is the shipped GAN, ``"projected"``
+    (or None) no texture model (the photo projected into UV), anything else a file."""
+    if name is None or str(name) == "projected":
+        return None
+    if str(name) == "gan":
+        if not SHIPPED_GAN.is_file():
+            raise ModelDataError(f"no texture GAN ships with this installation ({SHIPPED_GAN} is missing): "
+                                 "reinstall ganfit or give a weights file")
+        return str(SHIPPED_GAN)
+    return str(name)
+
+
+def shipped_gan_provenance() -> dict[str, object] | None:
+    """The shipped GAN's provenance file, or None when no GAN ships."""
+    file = SHIPPED_GAN.with_suffix(".json")
+    if not SHIPPED_GAN.is_file() or not file.is_file():
+        return None
+    try:
+        return dict(json.loads(file.read_text()))
+    except (OSError, ValueError) as exc:
+        raise ModelDataError(f"{file} is unreadable ({exc}): reinstall ganfit") from exc
 
 
 # --------------------------------------------------------------------------------------------

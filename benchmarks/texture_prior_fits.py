@@ -1,0 +1,178 @@
+"""GAN prior versus PCA prior in fitting (issue 5): identity and sharpness of the fitted texture.
+
+Each photo is fitted once per texture prior (``--prior NAME=FILE``, a ``ganfit texture-pca``
+or ``train-texture --export`` file; ``projected`` = no prior, the photo projected into UV), all
+other settings the defaults. Each fit is judged by
+
+- dlib's own C++ network: the descriptor distance from the photo to the render laid over the
+  photo (``overlay``) and to the head turned 25 degrees over grey (``turned``), as in
+  benchmarks/identity_distance.py -- dlib calls two faces the same person below 0.6;
+- sharpness of the fitted UV texture: the mean squared Laplacian of its luminance in the
+  face region (``ganfit.texture.metrics.sharpness``, x1e3), at the model's own resolution.
+
+Photos: the 20 UTKFace test photos of tests/data/utkface_objective.txt (held out of every UV
+set's training split). Prints a table, writes benchmarks/results/NAME.txt, optionally a Markdown
+table, and with ``--contact-sheet PNG`` a picture of photo | overlay | UV texture for the first
+eight photos and the last prior given.
+
+    python benchmarks/texture_prior_fits.py --prior pca=pca50.npz --prior gan=texture_gan.npz \\
+        [--markdown docs/texture-prior-fits.md] [--contact-sheet docs/images/texture_contact_sheet.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from identity_distance import MANIFEST, SAME_PERSON, TURN_DEGREES, UTKFACE, DlibJudge, turned_view
+from PIL import Image, ImageDraw
+from report import publish
+
+from ganfit.fit.reconstruct import Reconstructor
+from ganfit.fit.settings import FitSettings
+from ganfit.io.images import load_photo
+from ganfit.io.result import Reconstruction
+from ganfit.texture.metrics import sharpness
+from ganfit.texture.uv_layout import face_region_mask
+
+SHEET_PHOTOS = 8
+SHEET_CELL = 256
+
+
+def test_photos() -> list[Path]:
+    names = [line.strip() for line in MANIFEST.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [UTKFACE / name for name in names]
+
+
+def texture_sharpness(result: Reconstruction, size: int) -> float:
+    """Sharpness x1e3 of the result's UV texture at ``size`` texels (the prior's own resolution)."""
+    texture = torch.from_numpy(result.texture).permute(2, 0, 1)[None].float() / 255.0
+    if texture.shape[-1] != size:
+        texture = F.interpolate(texture, size=(size, size), mode="bilinear", align_corners=False,
+                                antialias=texture.shape[-1] > size)
+    return float(sharpness(texture, face_region_mask(size))[0]) * 1e3
+
+
+def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """Photo | overlay render | UV texture, one row per photo, each cell SHEET_CELL pixels."""
+    head = 28
+    sheet = Image.new("RGB", (3 * SHEET_CELL, head + len(rows) * SHEET_CELL), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for column, label in enumerate(("photo", "overlay render", "UV texture")):
+        draw.text((column * SHEET_CELL + 8, 4), label, fill=(0, 0, 0))
+    draw.text((8, 16), title, fill=(90, 90, 90))
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            cell = Image.fromarray(image).convert("RGB")
+            cell.thumbnail((SHEET_CELL, SHEET_CELL), Image.LANCZOS)
+            x = c * SHEET_CELL + (SHEET_CELL - cell.width) // 2
+            y = head + r * SHEET_CELL + (SHEET_CELL - cell.height) // 2
+            sheet.paste(cell, (x, y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("photos", nargs="*", type=Path, help="default: the 20 UTKFace test photos")
+    parser.add_argument("--prior", action="append", default=[], metavar="NAME=FILE",
+                        help="a texture model to compare (repeat); NAME=projected for no prior")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--photos-limit", type=int, default=None, help="only the first N photos")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here")
+    parser.add_argument("--contact-sheet", type=Path, default=None, help="write photo | overlay | UV texture here")
+    parser.add_argument("--name", default="texture-prior-fits", help="results file name (benchmarks/results/NAME.txt)")
+    args = parser.parse_args()
+    priors: list[tuple[str, str | None]] = []
+    for item in args.prior or ["projected="]:
+        name, _, file = item.partition("=")
+        if name != "projected" and not Path(file).is_file():
+            print(f"texture_prior_fits: {file or item}: no such texture model (give NAME=FILE)", file=sys.stderr)
+            return 2
+        priors.append((name, None if name == "projected" else file))
+    photos = args.photos or test_photos()
+    if args.photos_limit:
+        photos = photos[: args.photos_limit]
+    missing = [p for p in photos if not p.is_file()]
+    if missing:
+        print(f"texture_prior_fits: {missing[0]}: not found (UTKFace lives in ../shared/data/utkface)", file=sys.stderr)
+        return 2
+
+    base = FitSettings(device=args.device)
+    reconstructor = Reconstructor(base)
+    judge = DlibJudge()
+    rows: list[dict[str, float | str]] = []
+    sheet: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for index, path in enumerate(photos):
+        photo = load_photo(path)
+        pixels = np.array(photo.pixels)
+        row: dict[str, float | str] = {"photo": path.name.split(".")[0][:24]}
+        for name, file in priors:
+            reconstructor.settings = replace(base, texture_model=file)
+            model = reconstructor.texture_model()
+            size = model.resolution if model is not None else 256
+            t0 = time.perf_counter()
+            result = reconstructor.reconstruct_photo(photo)
+            row[f"{name}_s"] = time.perf_counter() - t0
+            reference = judge.descriptor(pixels, result.landmarks_2d)
+            overlay = judge.descriptor(result.preview, result.landmarks_2d)
+            image, marks = turned_view(reconstructor, result, TURN_DEGREES)
+            row[f"{name}_overlay"] = float(np.linalg.norm(overlay - reference))
+            row[f"{name}_turned"] = float(np.linalg.norm(judge.descriptor(image, marks) - reference))
+            row[f"{name}_sharp"] = texture_sharpness(result, size)
+            if (name, file) == priors[-1] and index < SHEET_PHOTOS:
+                sheet.append((pixels, result.preview, result.texture))
+        rows.append(row)
+        print("  " + str(row["photo"]) + ": " + ", ".join(
+            f"{n} {row[n + '_overlay']:.3f}/{row[n + '_turned']:.3f} sharp {row[n + '_sharp']:.2f}" for n, _ in priors),
+            file=sys.stderr, flush=True)
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    names = [n for n, _ in priors]
+    header = f"{'photo':<24} | " + " | ".join(f"{n + ' overlay':>14} | {'turned':>6} | {'sharp':>6}" for n in names)
+    lines = [
+        f"texture prior in fitting: dlib distance photo -> overlay / turned {TURN_DEGREES:.0f} deg (same person below "
+        f"{SAME_PERSON}), sharpness = mean squared Laplacian x1e3 of the UV texture's face region",
+        "priors: " + ", ".join(f"{n} = {Path(f).name if f else 'photo projected into UV, no prior'}" for n, f in priors)
+        + f"; device {reconstructor.device} ({torch.get_num_threads()} threads); other settings default",
+        header,
+        "-" * len(header),
+    ]
+    for r in rows:
+        lines.append(f"{r['photo']:<24} | " + " | ".join(
+            f"{r[n + '_overlay']:14.3f} | {r[n + '_turned']:6.3f} | {r[n + '_sharp']:6.2f}" for n in names))
+    lines.append(f"{'mean of ' + str(len(rows)):<24} | " + " | ".join(
+        f"{mean(n + '_overlay'):14.3f} | {mean(n + '_turned'):6.3f} | {mean(n + '_sharp'):6.2f}" for n in names))
+    lines.append("fit seconds (mean): " + ", ".join(f"{n} {mean(n + '_s'):.1f}" for n in names))
+    if len(names) >= 2:
+        a, b = names[0], names[-1]
+        sharper = sum(r[f"{b}_sharp"] > r[f"{a}_sharp"] for r in rows)
+        closer = sum(r[f"{b}_overlay"] <= r[f"{a}_overlay"] for r in rows)
+        lines.append(f"{b} vs {a}: sharper on {sharper}/{len(rows)} photos, overlay distance equal or lower on "
+                     f"{closer}/{len(rows)}; mean overlay {mean(a + '_overlay'):.3f} -> {mean(b + '_overlay'):.3f}, "
+                     f"sharpness {mean(a + '_sharp'):.2f} -> {mean(b + '_sharp'):.2f}")
+    publish(args.name, lines)
+    if args.markdown:
+        md = ["| photo | " + " | ".join(f"{n}: overlay | {n}: turned 25° | {n}: sharpness" for n in names) + " |",
+              "|---|" + "---:|" * (3 * len(names))]
+        md += [f"| {r['photo']} | " + " | ".join(
+            f"{r[n + '_overlay']:.3f} | {r[n + '_turned']:.3f} | {r[n + '_sharp']:.2f}" for n in names) + " |" for r in rows]
+        md.append(f"| **mean of {len(rows)}** | " + " | ".join(
+            f"**{mean(n + '_overlay'):.3f}** | **{mean(n + '_turned'):.3f}** | **{mean(n + '_sharp'):.2f}**" for n in names) + " |")
+        args.markdown.write_text("\n".join(md) + "\n")
+    if args.contact_sheet and sheet:
+        contact_sheet(sheet, args.contact_sheet, f"texture prior: {names[-1]} ({Path(priors[-1][1] or '').name})")
+        print(f"contact sheet: {args.contact_sheet}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
