@@ -2,7 +2,11 @@
 forward and backward to the input image at batch 2, on CPU, default torch threads.
 Prints a table and writes benchmarks/results/identity-network.txt.
 
-    python benchmarks/bench_identity_network.py [--runs 50]
+    python benchmarks/bench_identity_network.py [--runs 50] [--processes 5]
+
+``--processes N`` repeats the headline measurement in N fresh processes and prints each median:
+on a shared VM the same code measures several milliseconds apart from one process to the next
+(memory placement, the host's other tenants), which one process's median cannot show.
 
 Figures are medians over ``--runs`` timed runs after warm-up, the variants interleaved. Other
 work on the machine inflates them (with 2 cores, any other busy process stalls torch's OpenMP
@@ -15,6 +19,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -122,8 +127,22 @@ def _cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="timed runs per figure (>= 30)")
+    parser.add_argument("--processes", type=int, default=1, help="repeat the headline in N fresh processes")
+    parser.add_argument("--headline-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     runs = max(30, args.runs)
+    if args.headline_only:
+        net = load_face_recognition_network()
+        generator = torch.Generator().manual_seed(0)
+        images = torch.rand(BATCH, 3, CHIP_SIZE, CHIP_SIZE, generator=generator)
+        (ms,) = _medians_ms([_fwd_bwd(net, images, torch.randn(BATCH, 128, generator=generator))], runs)
+        print(f"{ms:.2f}")
+        return
+    repeats: list[float] = []
+    for _ in range(max(0, args.processes - 1)):
+        out = subprocess.run([sys.executable, __file__, "--headline-only", "--runs", str(runs)],
+                             check=True, capture_output=True, text=True).stdout
+        repeats.append(float(out.split()[-1]))
     load_before = os.getloadavg()[0]
 
     start = time.perf_counter()
@@ -160,6 +179,13 @@ def main() -> None:
         "",
         f"forward+backward (input gradient), {'fast path' if fast else 'plain layers'}, "
         f"median of {runs} consecutive runs after 10 warm-up: {headline:.1f} ms",
+    ]
+    if repeats:
+        every = sorted([headline] + repeats)
+        lines.append(f"the same in {len(every)} fresh processes: " + ", ".join(f"{ms:.1f}" for ms in every)
+                     + f" ms; median {statistics.median(every):.1f} ms, {sum(ms <= 30.0 for ms in every)} of "
+                     f"{len(every)} at or under the 30 ms target")
+    lines += [
         "",
         f"comparison, the rows interleaved in chunks of 5 (so each starts with colder caches), "
         f"median of {runs}+ runs each:",

@@ -57,12 +57,17 @@ def _batches(images: torch.Tensor) -> Iterator[torch.Tensor]:
         yield images[start:start + BATCH]
 
 
-def _model_batches(model: TextureModel, count: int, seed: int, size: int) -> Iterator[torch.Tensor]:
-    """``count`` samples of ``model`` in batches, resized to ``size`` if the model's differs."""
+def _model_batches(model: TextureModel, count: int, seed: int, size: int,
+                   truncation: float = 1.0) -> Iterator[torch.Tensor]:
+    """``count`` samples of ``model`` in batches, resized to ``size`` if the model's differs;
+    ``truncation`` < 1 pulls a GAN's w towards its mean (StyleGAN's truncation trick)."""
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, count, BATCH):
         with torch.no_grad():
-            batch = model.decode(model.sample_latent(min(BATCH, count - start), generator)).float()
+            latent = model.sample_latent(min(BATCH, count - start), generator)
+            if truncation != 1.0:
+                latent = model.initial_latent(latent.shape[0]).lerp(latent, truncation)
+            batch = model.decode(latent).float()
         if batch.shape[-1] != size:
             batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
                                                     align_corners=False)
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="UV texture folder with a train/test split")
     parser.add_argument("--gan", type=Path, default=None, help="exported GAN weights (.npz)")
+    parser.add_argument("--truncation", type=float, action="append", default=None, metavar="PSI",
+                        help="also measure GAN samples with w pulled towards its mean, w_mean + PSI (w - w_mean) "
+                             "(repeat for several; the first GAN row is always PSI 1)")
     parser.add_argument("--pca", type=Path, default=None, help="PCA model (.npz); default: fit one on the train split")
     parser.add_argument("-k", "--components", type=int, default=100, help="PCA components when fitting (default 100)")
     parser.add_argument("--resolution", type=int, default=None,
@@ -158,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     add("train maps (reference)", train.shape[0], _batches(train))
     if gan is not None:
         add(f"GAN ({args.gan.name})", args.samples, _model_batches(gan, args.samples, args.seed + 1, size))
+        for psi in args.truncation or []:
+            if getattr(gan, "latent_space", None) != "w":
+                break
+            add(f"GAN ({args.gan.name}), truncation {psi:g}", args.samples,
+                _model_batches(gan, args.samples, args.seed + 1, size, psi))
     add(pca_label, args.samples, _model_batches(pca, args.samples, args.seed + 2, size))
     std = train.std(dim=0)
     add("mean + per-texel Gaussian noise", args.samples, _noise_batches(train.mean(dim=0), std, args.samples,
@@ -196,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             | {"held-out maps": round(real_sharp * 1e3, 4)},
             "measured_by": "benchmarks/texture_prior_table.py",
         }
+        gan_label = f"GAN ({args.gan.name})"  # truncation 1: the model as it samples
+        pca_label_row = next(label for label in by_label if label.startswith("PCA"))
+        quality["kid_heldout"] = quality["kid_x1e3"][gan_label]  # what `ganfit info` shows
+        quality["kid_heldout_pca"] = quality["kid_x1e3"][pca_label_row]
         provenance["quality"] = quality
-        provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+        partial = provenance_path.with_name(provenance_path.name + ".partial")
+        partial.write_text(json.dumps(provenance, indent=2) + "\n")
+        partial.replace(provenance_path)  # never a half-written provenance file
         log.info("quality figures written to %s", provenance_path)
     return 0
 

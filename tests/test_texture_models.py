@@ -6,6 +6,7 @@ builder writes them (``<stem>.png``, ``<stem>_conf.png``, ``split.json``), and a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -26,7 +27,15 @@ from ganfit.texture.gan import GanTextureModel
 from ganfit.texture.metrics import DlibFeatureExtractor, high_frequency_ratio, kid, laplacian_energy, sharpness
 from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model, resolve_texture_model
 from ganfit.texture.pca import PcaFitSettings, PcaTextureModel, fit_pca, fit_pca_arrays
-from ganfit.texture.train import PRESETS, TrainConfig, export_generator, latest_checkpoint, train_texture
+from ganfit.texture.train import (
+    PRESETS,
+    TrainConfig,
+    config_from_args,
+    export_generator,
+    latest_checkpoint,
+    register,
+    train_texture,
+)
 
 SIZE = 32
 COUNT = 30
@@ -209,6 +218,18 @@ def test_exported_generator_is_a_differentiable_texture_model(trained_run: Path,
     assert float((w_model.decode(projected) - target).abs().mean()) < 0.5 * float(start)
     assert float(w_model.prior(w_model.sample_latent(256, torch.Generator().manual_seed(2))).mean()) == pytest.approx(
         w_model.latent_dim, rel=0.35)
+
+
+def test_time_limit_stops_with_a_checkpoint(uv_folder: Path, tmp_path: Path, one_thread: None) -> None:
+    out = tmp_path / "limited"
+    result = train_texture(tiny_config(uv_folder, out, steps=50, time_limit_minutes=0.0))
+    assert result.step == 1  # the limit is checked after each step
+    assert latest_checkpoint(out).name == "checkpoint-00000001.pt"
+    resumed = train_texture(tiny_config(uv_folder, out, steps=3), resume=True)
+    assert resumed.step == 3
+    parser = register(argparse.ArgumentParser().add_subparsers())
+    assert config_from_args(parser.parse_args(["--out", str(out), "--resume"])).time_limit_minutes is None
+    assert config_from_args(parser.parse_args(["--out", str(out), "--resume", "--time-limit", "5"])).time_limit_minutes == 5
 
 
 def test_mean_offset_starts_from_the_mirrored_data_mean_and_is_exported(uv_folder: Path, tmp_path: Path,

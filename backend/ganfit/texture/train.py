@@ -59,6 +59,7 @@ __all__ = [
     "PRESETS",
     "TrainConfig",
     "TrainResult",
+    "config_from_args",
     "export_generator",
     "latest_checkpoint",
     "main",
@@ -111,6 +112,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_images: int | None = None
+    #: Stop (with a checkpoint) once this run has trained this many minutes, e.g. to fit a
+    #: lent GPU's time; ``steps`` still caps it.
+    time_limit_minutes: float | None = None
     checkpoint_every: int = 1000
     sample_every: int = 500
     log_every: int = 50
@@ -139,7 +143,7 @@ class TrainConfig:
 
 #: Fields that may change when a run is resumed; everything else must match the checkpoint.
 RUN_FIELDS = ("steps", "device", "amp", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
-              "quiet", "out", "data", "max_images", "grid", "data_source", "data_licence")
+              "quiet", "out", "data", "max_images", "grid", "data_source", "data_licence", "time_limit_minutes")
 
 
 @dataclass(frozen=True)
@@ -575,12 +579,22 @@ def _train(config: TrainConfig, resume: bool | str | Path, ctx: _Dist) -> TrainR
                 window = []
             if config.sample_every > 0 and (step % config.sample_every == 0 or step == config.steps) and ctx.main:
                 trainer.save_samples(out / "samples" / f"step-{step:08d}.png")
-            if config.checkpoint_every > 0 and (step % config.checkpoint_every == 0 or step == config.steps):
+            out_of_time = (config.time_limit_minutes is not None
+                           and now - started >= 60.0 * config.time_limit_minutes)
+            if ctx.world > 1 and config.time_limit_minutes is not None:  # every rank stops at the same step
+                flag = torch.tensor([float(out_of_time)], device=ctx.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
+            if out_of_time or (config.checkpoint_every > 0
+                               and (step % config.checkpoint_every == 0 or step == config.steps)):
                 _check_in_sync(trainer.G, ctx)
                 if ctx.main:
                     checkpoint = trainer.save_checkpoint()
                 if ctx.world > 1:
                     dist.barrier()
+            if out_of_time:
+                log.info("time limit of %g minutes reached at step %d", config.time_limit_minutes, step)
+                break
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
@@ -680,6 +694,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=None)
     add("--device", default=None, help="cpu (default) or cuda; under torchrun each process takes cuda:LOCAL_RANK")
     add("--max-images", type=int, default=None, help="train on at most this many maps")
+    add("--time-limit", type=float, default=None, metavar="MINUTES",
+        help="stop with a checkpoint after this many minutes of training (then --export, if given)")
     add("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 1000)")
     add("--sample-every", type=int, default=None, help="steps between sample grids (default 500)")
     add("--log-every", type=int, default=None, help="steps between stats.jsonl lines (default 50)")
@@ -699,6 +715,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     saved = Path(args.out) / "config.json"
     config = TrainConfig.from_dict(json.loads(saved.read_text())) if args.resume and saved.is_file() else TrainConfig()
     config.out = str(args.out)
+    config.time_limit_minutes = None  # a limit is for one run: a resumed run gets its own or none
     gan = config.gan
     if args.preset is not None:
         gan = PRESETS[args.preset]
@@ -710,6 +727,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     simple = {"data": args.data, "steps": args.steps, "batch": args.batch, "r1_gamma": args.r1_gamma,
               "r1_interval": args.r1_interval, "style_mixing": args.style_mixing, "ema_kimg": args.ema_kimg,
               "amp": args.amp, "seed": args.seed, "device": args.device, "max_images": args.max_images,
+              "time_limit_minutes": args.time_limit,
               "checkpoint_every": args.checkpoint_every, "sample_every": args.sample_every,
               "log_every": args.log_every, "keep_checkpoints": args.keep_checkpoints, "grid": args.grid,
               "quiet": args.quiet, "data_source": args.data_source, "data_licence": args.data_licence}
