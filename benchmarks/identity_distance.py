@@ -56,6 +56,17 @@ def default_photos() -> list[Path]:
     return [sample_photo("grace_hopper"), sample_photo("astronaut")] + [UTKFACE / name for name in names]
 
 
+def choose_photos(given: list[Path], default: list[Path], limit: int | None, program: str) -> list[Path]:
+    """The photos a benchmark runs on (``given`` or ``default``, the first ``limit``); a missing
+    one ends the program with a one-line message and exit status 2."""
+    photos = (given or default)[:limit] if limit else (given or default)
+    missing = [p for p in photos if not p.is_file()]
+    if missing:
+        print(f"{program}: {missing[0]}: not found (UTKFace lives in ../shared/data/utkface)", file=sys.stderr)
+        raise SystemExit(2)
+    return photos
+
+
 class DlibJudge:
     """dlib's own descriptors of photos and renders, cut with given 68 landmarks."""
 
@@ -105,13 +116,7 @@ def main() -> int:
                         help="override a JointStageSettings field (tuning, ablations), e.g. --joint steps=120")
     parser.add_argument("--name", default="identity", help="results file name (benchmarks/results/NAME.txt)")
     args = parser.parse_args()
-    photos = args.photos or default_photos()
-    if args.photos_limit:
-        photos = photos[: args.photos_limit]
-    missing = [p for p in photos if not p.is_file()]
-    if missing:
-        print(f"identity_distance: {missing[0]}: not found (UTKFace lives in ../shared/data/utkface)", file=sys.stderr)
-        return 2
+    photos = choose_photos(args.photos, default_photos(), args.photos_limit, "identity_distance")
 
     if args.save_landmarks:
         detector = default_detector()

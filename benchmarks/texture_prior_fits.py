@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from identity_distance import MANIFEST, SAME_PERSON, TURN_DEGREES, UTKFACE, DlibJudge, turned_view
+from identity_distance import (
+    MANIFEST,
+    SAME_PERSON,
+    TURN_DEGREES,
+    UTKFACE,
+    DlibJudge,
+    choose_photos,
+    turned_view,
+)
 from PIL import Image, ImageDraw
 from report import publish
 
@@ -96,13 +104,7 @@ def main() -> int:
             print(f"texture_prior_fits: {file or item}: no such texture model (give NAME=FILE)", file=sys.stderr)
             return 2
         priors.append((name, None if name == "projected" else file))
-    photos = args.photos or test_photos()
-    if args.photos_limit:
-        photos = photos[: args.photos_limit]
-    missing = [p for p in photos if not p.is_file()]
-    if missing:
-        print(f"texture_prior_fits: {missing[0]}: not found (UTKFace lives in ../shared/data/utkface)", file=sys.stderr)
-        return 2
+    photos = choose_photos(args.photos, test_photos(), args.photos_limit, "texture_prior_fits")
 
     base = FitSettings(device=args.device)
     reconstructor = Reconstructor(base)
