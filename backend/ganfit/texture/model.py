@@ -50,8 +50,6 @@ Split = Literal["train", "test", "all"]
 #: The texture GAN the project trained and ships (issue 5), with its provenance beside it
 #: (``texture_gan.json``: data, licence, configuration, steps, quality figures).
 SHIPPED_GAN = Path(__file__).resolve().parents[1] / "models" / "data" / "texture_gan.npz"
-#: Names ``resolve_texture_model`` accepts besides a file path.
-TEXTURE_MODEL_NAMES = ("gan", "projected")
 
 
 @runtime_checkable
