@@ -104,6 +104,20 @@ def turned_view(reconstructor: Reconstructor, result: Reconstruction, degrees: f
     return image, marks.cpu().numpy()
 
 
+def fit_and_judge(reconstructor: Reconstructor, judge: DlibJudge, photo, pixels: np.ndarray
+                  ) -> tuple[Reconstruction, float, float, float]:
+    """Fit one photo with the reconstructor's current settings; return the result, the fit's
+    seconds and dlib's distances from the photo to the overlay and to the turned view."""
+    t0 = time.perf_counter()
+    result = reconstructor.reconstruct_photo(photo)
+    seconds = time.perf_counter() - t0
+    reference = judge.descriptor(pixels, result.landmarks_2d)
+    overlay = judge.descriptor(result.preview, result.landmarks_2d)
+    image, marks = turned_view(reconstructor, result, TURN_DEGREES)
+    turned = judge.descriptor(image, marks)
+    return result, seconds, float(np.linalg.norm(overlay - reference)), float(np.linalg.norm(turned - reference))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("photos", nargs="*", type=Path)
@@ -148,15 +162,8 @@ def main() -> int:
         row: dict[str, float | str] = {"photo": path.name.split(".")[0][:24]}
         for label, settings in (("lmk", landmark_settings), ("full", full_settings)):
             reconstructor.settings = settings
-            t0 = time.perf_counter()
-            result = reconstructor.reconstruct_photo(photo)
-            row[f"{label}_s"] = time.perf_counter() - t0
-            reference = judge.descriptor(pixels, result.landmarks_2d)
-            overlay = judge.descriptor(result.preview, result.landmarks_2d)
-            image, marks = turned_view(reconstructor, result, TURN_DEGREES)
-            turned = judge.descriptor(image, marks)
-            row[f"{label}_overlay"] = float(np.linalg.norm(overlay - reference))
-            row[f"{label}_turned"] = float(np.linalg.norm(turned - reference))
+            result, row[f"{label}_s"], row[f"{label}_overlay"], row[f"{label}_turned"] = fit_and_judge(
+                reconstructor, judge, photo, pixels)
             row[f"{label}_lmk"] = result.landmark_error_iod
         rows.append(row)
         print(f"  {row['photo']}: overlay {row['lmk_overlay']:.3f} -> {row['full_overlay']:.3f}, "

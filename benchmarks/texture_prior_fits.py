@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from identity_distance import (
     UTKFACE,
     DlibJudge,
     choose_photos,
-    turned_view,
+    fit_and_judge,
 )
 from PIL import Image, ImageDraw
 from report import publish
@@ -119,14 +118,8 @@ def main() -> int:
             reconstructor.settings = replace(base, texture_model=file)
             model = reconstructor.texture_model()
             size = model.resolution if model is not None else 256
-            t0 = time.perf_counter()
-            result = reconstructor.reconstruct_photo(photo)
-            row[f"{name}_s"] = time.perf_counter() - t0
-            reference = judge.descriptor(pixels, result.landmarks_2d)
-            overlay = judge.descriptor(result.preview, result.landmarks_2d)
-            image, marks = turned_view(reconstructor, result, TURN_DEGREES)
-            row[f"{name}_overlay"] = float(np.linalg.norm(overlay - reference))
-            row[f"{name}_turned"] = float(np.linalg.norm(judge.descriptor(image, marks) - reference))
+            result, row[f"{name}_s"], row[f"{name}_overlay"], row[f"{name}_turned"] = fit_and_judge(
+                reconstructor, judge, photo, pixels)
             row[f"{name}_sharp"] = texture_sharpness(result, size)
             if (name, file) == priors[-1] and index < SHEET_PHOTOS:
                 sheet.append((pixels, result.preview, result.texture))
