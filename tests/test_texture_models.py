@@ -248,6 +248,34 @@ def test_mean_offset_starts_from_the_mirrored_data_mean_and_is_exported(uv_folde
     assert torch.allclose(model.generator.synthesis.mean_image.double(), expected, atol=2e-3)  # float16
 
 
+def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns_their_weights(
+        uv_folder: Path, tmp_path: Path, one_thread: None) -> None:
+    with pytest.raises(ValueError, match="needs mean_offset"):
+        dataclasses.replace(PRESETS["tiny"], pca_base=4)
+    gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4)
+    out = tmp_path / "pca-base"
+    train_texture(tiny_config(uv_folder, out, steps=3, gan=gan, checkpoint_every=1))
+    # The principal directions computed here by a plain SVD of the maps and their mirror images.
+    maps = torch.from_numpy(UvTextureSet.open(uv_folder, "train").load(SIZE)).permute(0, 3, 1, 2).double() / 255.0
+    rows = torch.cat([maps, maps.flip(-1)]).flatten(1)
+    _, singular, vt = torch.linalg.svd(rows - rows.mean(0), full_matrices=False)
+    std = singular[:4] / (rows.shape[0] - 1) ** 0.5
+    state = torch.load(latest_checkpoint(out), weights_only=True)
+    for part in ("G", "G_ema"):
+        basis = state[part]["synthesis.pca_basis"].double().flatten(1)  # std * direction, in [-1, 1] units
+        assert torch.allclose(basis.norm(dim=1), 2 * std, rtol=1e-3)
+        cosines = (basis / basis.norm(dim=1, keepdim=True) * vt[:4]).sum(1).abs()
+        assert cosines.min() > 0.999, cosines
+    first = torch.load(out / "checkpoints" / "checkpoint-00000001.pt", weights_only=True)
+    name = "synthesis.pca_coefficients.weight"  # trained: the adversarial game sets the coefficients
+    assert not torch.equal(state["G"][name], first["G"][name])
+    assert torch.equal(state["G"]["synthesis.pca_basis"], first["G"]["synthesis.pca_basis"])  # fixed
+    model = load_texture_model(export_generator(latest_checkpoint(out), tmp_path / "pca-base.npz"))
+    assert isinstance(model, GanTextureModel) and model.config.pca_base == 4
+    sample = model.generator.synthesis.pca_image(torch.randn(2, gan.w_dim))
+    assert sample.shape == (2, 3, SIZE, SIZE) and float(sample.abs().mean()) > 0
+
+
 def test_shipped_gan_is_named_gan_and_reported_by_info(trained_run: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import ganfit.texture.model as texture_model_module

@@ -85,13 +85,35 @@ class GanConfig:
     #: training starts. The adversarial game then learns deviations from the mean instead of the
     #: mean itself first -- what matters when training time is short (a CPU run).
     mean_offset: bool = False
+    #: A linear low-frequency layer beside the synthesis network: ``pca_base`` principal
+    #: components of the training maps (computed once when training starts, stored at
+    #: ``pca_base_resolution`` and upsampled), weighted by a learned affine map of the first style
+    #: ``w``. The convolutional synthesis then learns what PCA cannot (detail, and the
+    #: non-Gaussian part of the colouring) instead of first re-learning the colouring PCA gets in
+    #: closed form. Needs ``mean_offset`` (the components are deviations from the mean). 0 = off,
+    #: the plain StyleGAN2 generator. Why: a 2-core CPU run of the plain generator was still
+    #: behind the PCA model after 38k images (docs/texture-model.md).
+    pca_base: int = 0
+    pca_base_resolution: int = 128
 
     def __post_init__(self) -> None:
         r = self.resolution
+        if self.pca_base < 0:
+            raise ValueError(f"pca_base must be >= 0, got {self.pca_base}")
+        if self.pca_base and not self.mean_offset:
+            raise ValueError("pca_base needs mean_offset: the components are deviations from the mean map")
+        b = self.pca_base_resolution
+        if b < 4 or b & (b - 1):
+            raise ValueError(f"pca_base_resolution must be a power of two >= 4, got {b}")
         if r < 8 or r > 1024 or r & (r - 1):
             raise ValueError(f"resolution must be a power of two in 8..1024, got {r}")
         if min(self.z_dim, self.w_dim, self.mapping_layers, self.channel_base, self.channel_max) < 1:
             raise ValueError("GAN config sizes must be positive")
+
+    @property
+    def pca_size(self) -> int:
+        """Side of the stored principal components (at most the output resolution)."""
+        return min(self.pca_base_resolution, self.resolution)
 
     def channels(self, res: int) -> int:
         return max(1, min(self.channel_base // res, self.channel_max))
@@ -262,7 +284,12 @@ class SynthesisNetwork(nn.Module):
             # hundred steps of a short run would spend removing (seen on a CPU run: step 100).
             with torch.no_grad():
                 for torgb in self.torgbs:
-                    torgb.conv.weight.mul_(0.1)
+                    torgb.conv.weight.mul_(0.01 if config.pca_base else 0.1)
+        if config.pca_base:
+            size = config.pca_size
+            # Components scaled by their standard deviation, so unit coefficients give PCA samples.
+            self.register_buffer("pca_basis", torch.zeros(config.pca_base, 3, size, size))
+            self.pca_coefficients = EqualLinear(config.w_dim, config.pca_base)
 
     def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "random",
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -284,7 +311,17 @@ class SynthesisNetwork(nn.Module):
         assert img is not None
         if self.config.mean_offset:
             img = img + self.mean_image.to(img.dtype)
+        if self.config.pca_base:
+            img = img + self.pca_image(ws[:, 0])
         return img
+
+    def pca_image(self, w: torch.Tensor) -> torch.Tensor:
+        """The linear low-frequency part ``basis . coefficients(w)`` at the output resolution."""
+        coefficients = self.pca_coefficients(w)
+        low = torch.einsum("bk,kchw->bchw", coefficients, self.pca_basis.to(coefficients.dtype))
+        if low.shape[-1] != self.config.resolution:
+            low = F.interpolate(low, size=(self.config.resolution,) * 2, mode="bilinear", align_corners=False)
+        return low
 
 
 class Generator(nn.Module):

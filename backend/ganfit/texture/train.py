@@ -54,6 +54,7 @@ from PIL import Image
 from ganfit.errors import GanfitError, ModelDataError
 from ganfit.texture.gan import Discriminator, GanConfig, Generator, save_generator
 from ganfit.texture.model import UvTextureSet
+from ganfit.texture.pca import PcaFitSettings, fit_pca_arrays
 
 __all__ = [
     "PRESETS",
@@ -76,13 +77,16 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 #: Architecture presets. ``tiny`` is for tests and CPU smoke runs; ``256`` (the default) is the
 #: shipping size (~5 M generator parameters, ~10 MB as float16); ``512`` for more compute;
 #: ``256-cpu`` keeps the 256 px output with 4-8x fewer feature maps and starts from the data's
-#: mean map (``mean_offset``): 6-8 images/s on a 2-core CPU instead of ~0.2 (measured).
+#: mean map (``mean_offset``): 6-8 images/s on a 2-core CPU instead of ~0.2 (measured);
+#: ``256-cpu-pca`` adds the linear layer of 64 principal components (``pca_base``).
 PRESETS: dict[str, GanConfig] = {
     "tiny": GanConfig(resolution=32, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=16),
     "64": GanConfig(resolution=64, z_dim=128, w_dim=128, mapping_layers=4, channel_base=4096, channel_max=128),
     "256": GanConfig(),
     "256-cpu": GanConfig(resolution=256, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024, channel_max=128,
                          mean_offset=True),
+    "256-cpu-pca": GanConfig(resolution=256, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
+                             channel_max=128, mean_offset=True, pca_base=64),
     "512": GanConfig(resolution=512, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=256),
 }
 
@@ -398,6 +402,30 @@ class _Trainer:
         for generator in (self.G, self.G_ema):
             generator.synthesis.mean_image.copy_(mean.float())
 
+    def set_pca_basis(self, data: _Data) -> None:
+        """The principal components of the training maps (and, with flip augmentation, their
+        mirror images) at ``pca_base_resolution``, scaled by their standard deviations and by 2
+        (the networks' [-1, 1] range), into G and its EMA copy (``GanConfig.pca_base``)."""
+        size = self.config.gan.pca_size
+        chunks = []
+        for start in range(0, len(data), 256):
+            block = data.images[start:start + 256].float()
+            if block.shape[-1] != size:
+                block = F.interpolate(block, size=(size, size), mode="area")
+            chunks.append(block.round().clamp(0, 255).to(torch.uint8).cpu())
+        images = torch.cat(chunks)
+        if self.config.flip:
+            images = torch.cat([images, images.flip(-1)])
+        pca = fit_pca_arrays(images.permute(0, 2, 3, 1).numpy(), PcaFitSettings(components=self.config.gan.pca_base),
+                             device=self.device)
+        count = pca.basis.shape[0]
+        basis = (pca.basis * pca.std[:, None] * 2.0).view(count, 3, size, size)
+        for generator in (self.G, self.G_ema):
+            generator.synthesis.pca_basis.zero_()
+            generator.synthesis.pca_basis[:count].copy_(basis.to(self.device))
+        log.info("PCA base: %d components at %d px explain %.1f%% of the variance", count, size,
+                 100 * float(pca.explained_variance_ratio.sum()))
+
     def _random(self) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_mix_seed(self.config.seed, self.step, self.ctx.rank))
@@ -547,6 +575,8 @@ def _train(config: TrainConfig, resume: bool | str | Path, ctx: _Dist) -> TrainR
     data = _load_data(config, ctx.device)
     if trainer.step == 0 and config.gan.mean_offset:
         trainer.set_mean_image(data)
+    if trainer.step == 0 and config.gan.pca_base:
+        trainer.set_pca_basis(data)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
@@ -682,6 +712,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-noise", action="store_true", default=None, help="no per-pixel noise inputs")
     add("--mean-offset", action="store_true", default=None,
         help="start the generator from the training maps' mean map (short runs, e.g. on a CPU)")
+    add("--pca-base", type=int, default=None, metavar="K",
+        help="add a linear layer of the training maps' K principal components (implies --mean-offset)")
     add("--steps", type=int, default=None, help="optimiser steps in total (default 100000)")
     add("--batch", type=int, default=None, help="global batch, split over processes (default 32)")
     add("--lr", type=float, default=None, help="Adam learning rate of G and D (default 0.0025)")
@@ -721,7 +753,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gan = PRESETS[args.preset]
     overrides = {"resolution": args.resolution, "channel_base": args.channel_base, "channel_max": args.channel_max,
                  "noise": False if args.no_noise else None,
-                 "mean_offset": True if args.mean_offset else None}
+                 "mean_offset": True if args.mean_offset or args.pca_base else None,
+                 "pca_base": args.pca_base}
     gan = dataclasses.replace(gan, **{k: v for k, v in overrides.items() if v is not None})
     config.gan = gan
     simple = {"data": args.data, "steps": args.steps, "batch": args.batch, "r1_gamma": args.r1_gamma,
