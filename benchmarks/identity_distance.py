@@ -41,7 +41,7 @@ from ganfit.fit.reconstruct import Reconstructor
 from ganfit.fit.settings import FitSettings, JointStageSettings
 from ganfit.io.images import load_photo
 from ganfit.io.result import Reconstruction
-from ganfit.io.samples import sample_photo
+from ganfit.io.samples import SAMPLE_PHOTOS, sample_photo
 from ganfit.render import Camera, PointLight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +57,10 @@ def default_photos() -> list[Path]:
 
 
 def choose_photos(given: list[Path], default: list[Path], limit: int | None, program: str) -> list[Path]:
-    """The photos a benchmark runs on (``given`` or ``default``, the first ``limit``); a missing
-    one ends the program with a one-line message and exit status 2."""
+    """The photos a benchmark runs on (``given`` or ``default``, the first ``limit``); a given
+    name of a sample photo (``grace_hopper``, ``astronaut``) that is not a file is that sample. A
+    missing one ends the program with a one-line message and exit status 2."""
+    given = [sample_photo(str(p)) if not p.is_file() and str(p) in SAMPLE_PHOTOS else p for p in given]
     photos = (given or default)[:limit] if limit else (given or default)
     missing = [p for p in photos if not p.is_file()]
     if missing:

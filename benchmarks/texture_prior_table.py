@@ -10,8 +10,9 @@ with the paper's FID values.
 Rows:
 - ``train maps`` (reference): real training maps against the held-out ones, the floor a perfect
   model would reach with this many samples;
-- ``GAN``: samples of the exported generator (``--gan``), truncation 1;
-- ``PCA``: samples of the PCA model (``--pca``, or fitted here on the train split, ``-k``);
+- ``GAN``: samples of each exported generator (``--gan``, repeatable), truncation 1;
+- ``PCA``: samples of each PCA model (``--pca``, repeatable, or one fitted here on the train
+  split, ``-k``);
 - ``mean + noise``: the mean training map plus independent Gaussian noise per texel with the
   training maps' per-texel standard deviation (a trivial baseline).
 Each row also gives the mean sharpness (``ganfit.texture.metrics.sharpness``; inside ``--mask``
@@ -116,11 +117,13 @@ class _Measure:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="UV texture folder with a train/test split")
-    parser.add_argument("--gan", type=Path, default=None, help="exported GAN weights (.npz)")
+    parser.add_argument("--gan", type=Path, action="append", default=[],
+                        help="exported GAN weights (.npz); repeat to compare several (the first gets --update-provenance)")
     parser.add_argument("--truncation", type=float, action="append", default=None, metavar="PSI",
                         help="also measure GAN samples with w pulled towards its mean, w_mean + PSI (w - w_mean) "
                              "(repeat for several; the first GAN row is always PSI 1)")
-    parser.add_argument("--pca", type=Path, default=None, help="PCA model (.npz); default: fit one on the train split")
+    parser.add_argument("--pca", type=Path, action="append", default=[],
+                        help="PCA model (.npz), repeatable; default: fit one on the train split")
     parser.add_argument("-k", "--components", type=int, default=100, help="PCA components when fitting (default 100)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="texture size compared (default: the GAN's, else 256)")
@@ -140,17 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     started = time.perf_counter()
 
-    gan = load_texture_model(args.gan, device=device) if args.gan else None
-    size = args.resolution or (gan.resolution if gan is not None else 256)
+    gans = [(path, load_texture_model(path, device=device)) for path in args.gan]
+    size = args.resolution or (gans[0][1].resolution if gans else 256)
     held_out = _to_tensor(UvTextureSet.open(args.data, "test").load(size))
     train_set = UvTextureSet.open(args.data, "train")
     train = _to_tensor(train_set.load(size, limit=args.samples))
-    if args.pca:
-        pca = load_texture_model(args.pca, device=device)
-        pca_label = f"PCA ({pca.latent_dim} components, {args.pca.name})"
-    else:
+    pcas: list[tuple[str, TextureModel]] = []
+    for path in args.pca:
+        pca = load_texture_model(path, device=device)
+        pcas.append((f"PCA ({pca.latent_dim} components, {path.name})", pca))
+    if not pcas:
         pca = fit_pca(args.data, PcaFitSettings(components=args.components), resolution=size, device=device)
-        pca_label = f"PCA ({pca.latent_dim} components, fitted on {len(train_set)} train maps)"
+        pcas.append((f"PCA ({pca.latent_dim} components, fitted on {len(train_set)} train maps)", pca))
     mask, mask_label = _mask(args.mask, size)
 
     measure = _Measure(DlibFeatureExtractor(device, batch_size=BATCH), mask)
@@ -164,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: KID %s", label, result)
 
     add("train maps (reference)", train.shape[0], _batches(train))
-    if gan is not None:
-        add(f"GAN ({args.gan.name})", args.samples, _model_batches(gan, args.samples, args.seed + 1, size))
+    for path, gan in gans:
+        add(f"GAN ({path.name})", args.samples, _model_batches(gan, args.samples, args.seed + 1, size))
         for psi in args.truncation or []:
             if getattr(gan, "latent_space", None) != "w":
                 break
-            add(f"GAN ({args.gan.name}), truncation {psi:g}", args.samples,
+            add(f"GAN ({path.name}), truncation {psi:g}", args.samples,
                 _model_batches(gan, args.samples, args.seed + 1, size, psi))
-    add(pca_label, args.samples, _model_batches(pca, args.samples, args.seed + 2, size))
+    for pca_label, pca in pcas:
+        add(pca_label, args.samples, _model_batches(pca, args.samples, args.seed + 2, size))
     std = train.std(dim=0)
     add("mean + per-texel Gaussian noise", args.samples, _noise_batches(train.mean(dim=0), std, args.samples,
                                                                          args.seed + 3))
@@ -188,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for label, count, result, sharp in rows:
         lines.append(f"{label:58s} {count:7d} {result.mean * 1e3:8.2f} +- {result.std * 1e3:5.2f} {sharp * 1e3:9.3f}")
-    if gan is None:
+    if not gans:
         lines.append("GAN: no --gan weights given (train and export one: docs/texture-model.md)")
     lines.append(f"({time.perf_counter() - started:.0f} s, device {device})")
     publish(args.name, lines)
 
-    if args.update_provenance and args.gan is not None:
-        provenance_path = args.gan.with_suffix(".json")
+    if args.update_provenance and gans:
+        provenance_path = gans[0][0].with_suffix(".json")
         provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
         by_label = {label: (result, sharp) for label, _, result, sharp in rows}
         quality = {
@@ -209,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             | {"held-out maps": round(real_sharp * 1e3, 4)},
             "measured_by": "benchmarks/texture_prior_table.py",
         }
-        gan_label = f"GAN ({args.gan.name})"  # truncation 1: the model as it samples
-        pca_label_row = next(label for label in by_label if label.startswith("PCA"))
+        gan_label = f"GAN ({gans[0][0].name})"  # truncation 1: the model as it samples
         quality["kid_heldout"] = quality["kid_x1e3"][gan_label]  # what `ganfit info` shows
-        quality["kid_heldout_pca"] = quality["kid_x1e3"][pca_label_row]
+        quality["kid_heldout_pca"] = min(quality["kid_x1e3"][label] for label, _ in pcas)  # the best PCA
         provenance["quality"] = quality
         partial = provenance_path.with_name(provenance_path.name + ".partial")
         partial.write_text(json.dumps(provenance, indent=2) + "\n")
