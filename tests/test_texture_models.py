@@ -252,7 +252,7 @@ def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns
         uv_folder: Path, tmp_path: Path, one_thread: None) -> None:
     with pytest.raises(ValueError, match="needs mean_offset"):
         dataclasses.replace(PRESETS["tiny"], pca_base=4)
-    gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4)
+    gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4, detail_cutoff=8)
     out = tmp_path / "pca-base"
     train_texture(tiny_config(uv_folder, out, steps=3, gan=gan, checkpoint_every=1))
     # The principal directions computed here by a plain SVD of the maps and their mirror images.
@@ -277,6 +277,19 @@ def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns
     assert torch.equal(state["G"]["synthesis.pca_basis"], first["G"]["synthesis.pca_basis"])  # fixed
     model = load_texture_model(export_generator(latest_checkpoint(out), tmp_path / "pca-base.npz"))
     assert isinstance(model, GanTextureModel) and model.config.pca_base == 4
+    # The convolutions only add detail: their coarse content (here at 4 px) is mostly removed;
+    # the same weights without the high-pass keep it.
+    unfiltered = Generator(dataclasses.replace(gan, detail_cutoff=0))
+    unfiltered.load_state_dict(model.generator.state_dict())
+    w = model.sample_latent(3, torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def coarse_detail(generator: Generator) -> float:
+        synthesis = generator.synthesis
+        detail = synthesis(w, noise_mode="const") - synthesis.mean_image - synthesis.pca_image(w)
+        return float(F.adaptive_avg_pool2d(detail, gan.detail_cutoff // 2).abs().mean())
+
+    assert coarse_detail(model.generator) < 0.3 * coarse_detail(unfiltered)
     sample = model.generator.synthesis.pca_image(torch.randn(2, gan.w_dim))
     assert sample.shape == (2, 3, SIZE, SIZE) and float(sample.abs().mean()) > 0
 
