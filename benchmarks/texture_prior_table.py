@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     started = time.perf_counter()
 
+    def name(path: Path, paths: list[Path]) -> str:  # the file name, or the whole path when names repeat
+        return path.name if [p.name for p in paths].count(path.name) == 1 else str(path)
+
     gans = [(path, load_texture_model(path, device=device)) for path in args.gan]
     size = args.resolution or (gans[0][1].resolution if gans else 256)
     held_out = _to_tensor(UvTextureSet.open(args.data, "test").load(size))
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     pcas: list[tuple[str, TextureModel]] = []
     for path in args.pca:
         pca = load_texture_model(path, device=device)
-        pcas.append((f"PCA ({pca.latent_dim} components, {path.name})", pca))
+        pcas.append((f"PCA ({pca.latent_dim} components, {name(path, args.pca)})", pca))
     if not pcas:
         pca = fit_pca(args.data, PcaFitSettings(components=args.components), resolution=size, device=device)
         pcas.append((f"PCA ({pca.latent_dim} components, fitted on {len(train_set)} train maps)", pca))
@@ -169,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add("train maps (reference)", train.shape[0], _batches(train))
     for path, gan in gans:
-        add(f"GAN ({path.name})", args.samples, _model_batches(gan, args.samples, args.seed + 1, size))
+        add(f"GAN ({name(path, args.gan)})", args.samples, _model_batches(gan, args.samples, args.seed + 1, size))
         for psi in args.truncation or []:
             if getattr(gan, "latent_space", None) != "w":
                 break
-            add(f"GAN ({path.name}), truncation {psi:g}", args.samples,
+            add(f"GAN ({name(path, args.gan)}), truncation {psi:g}", args.samples,
                 _model_batches(gan, args.samples, args.seed + 1, size, psi))
     for pca_label, pca in pcas:
         add(pca_label, args.samples, _model_batches(pca, args.samples, args.seed + 2, size))
@@ -214,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             | {"held-out maps": round(real_sharp * 1e3, 4)},
             "measured_by": "benchmarks/texture_prior_table.py",
         }
-        gan_label = f"GAN ({gans[0][0].name})"  # truncation 1: the model as it samples
+        gan_label = f"GAN ({name(gans[0][0], args.gan)})"  # truncation 1: the model as it samples
         quality["kid_heldout"] = quality["kid_x1e3"][gan_label]  # what `ganfit info` shows
-        quality["kid_heldout_pca"] = min(quality["kid_x1e3"][label] for label, _ in pcas)  # the best PCA
+        best_pca = min((label for label, _ in pcas), key=lambda label: quality["kid_x1e3"][label])
+        quality["kid_heldout_pca"] = quality["kid_x1e3"][best_pca]  # the best PCA given, and which
+        quality["kid_heldout_pca_model"] = best_pca
         provenance["quality"] = quality
         partial = provenance_path.with_name(provenance_path.name + ".partial")
         partial.write_text(json.dumps(provenance, indent=2) + "\n")

@@ -85,9 +85,9 @@ class GanConfig:
     #: training starts. The adversarial game then learns deviations from the mean instead of the
     #: mean itself first -- what matters when training time is short (a CPU run).
     mean_offset: bool = False
-    #: A linear low-frequency layer beside the synthesis network: ``pca_base`` principal
-    #: components of the training maps (computed once when training starts, stored at
-    #: ``pca_base_resolution`` and upsampled), weighted by a learned affine map of the first style
+    #: A linear layer beside the synthesis network: ``pca_base`` principal components of the
+    #: training maps (computed once when training starts, stored at ``pca_base_resolution`` --
+    #: upsampled when that is below the output's), weighted by a learned affine map of the first style
     #: ``w``. The convolutional synthesis then learns what PCA cannot (detail, and the
     #: non-Gaussian part of the colouring) instead of first re-learning the colouring PCA gets in
     #: closed form. Needs ``mean_offset`` (the components are deviations from the mean). 0 = off,
@@ -111,6 +111,10 @@ class GanConfig:
         b = self.pca_base_resolution
         if b < 4 or b & (b - 1):
             raise ValueError(f"pca_base_resolution must be a power of two >= 4, got {b}")
+        if self.pca_base and not 0 <= self.detail_cutoff <= self.pca_size:
+            # Above the components' own resolution a band would come from neither part.
+            raise ValueError(f"detail_cutoff must be in 0..{self.pca_size} (the components' resolution), "
+                             f"got {self.detail_cutoff}")
         if r < 8 or r > 1024 or r & (r - 1):
             raise ValueError(f"resolution must be a power of two in 8..1024, got {r}")
         if min(self.z_dim, self.w_dim, self.mapping_layers, self.channel_base, self.channel_max) < 1:
@@ -293,7 +297,8 @@ class SynthesisNetwork(nn.Module):
                     torgb.conv.weight.mul_(0.01 if config.pca_base else 0.1)
         if config.pca_base:
             size = config.pca_size
-            # Components scaled by their standard deviation, so unit coefficients give PCA samples.
+            # Components times their standard deviation, in the networks' [-1, 1] units: coefficients
+            # of zero mean and unit variance give PCA's own samples.
             self.register_buffer("pca_basis", torch.zeros(config.pca_base, 3, size, size))
             self.pca_coefficients = EqualLinear(config.w_dim, config.pca_base)
 
@@ -315,21 +320,25 @@ class SynthesisNetwork(nn.Module):
             else:
                 img = F.interpolate(img, scale_factor=2.0, mode="bilinear", align_corners=False) + rgb
         assert img is not None
-        if self.config.pca_base:
-            cutoff = self.config.detail_cutoff
-            if 0 < cutoff < self.config.resolution:
-                coarse = F.interpolate(F.adaptive_avg_pool2d(img, cutoff), size=img.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-                img = img - coarse
-            img = img + self.pca_image(ws[:, 0])
-        if self.config.mean_offset:
-            img = img + self.mean_image.to(img.dtype)
+        # The fixed parts in float32 even under autocast: bf16 rounding of mean + components (half
+        # a uint8 level) would be a cue for the discriminator that real maps do not have.
+        with torch.autocast(img.device.type, enabled=False):
+            img = img.float()
+            if self.config.pca_base:
+                cutoff = self.config.detail_cutoff
+                if 0 < cutoff < self.config.resolution:
+                    coarse = F.interpolate(F.adaptive_avg_pool2d(img, cutoff), size=img.shape[-2:],
+                                           mode="bilinear", align_corners=False)
+                    img = img - coarse
+                img = img + self.pca_image(ws[:, 0].float())
+            if self.config.mean_offset:
+                img = img + self.mean_image
         return img
 
     def pca_image(self, w: torch.Tensor) -> torch.Tensor:
-        """The linear low-frequency part ``basis . coefficients(w)`` at the output resolution."""
+        """The linear part ``basis . coefficients(w)`` at the output resolution."""
         coefficients = self.pca_coefficients(w)
-        low = torch.einsum("bk,kchw->bchw", coefficients, self.pca_basis.to(coefficients.dtype))
+        low = torch.einsum("bk,kchw->bchw", coefficients, self.pca_basis)
         if low.shape[-1] != self.config.resolution:
             low = F.interpolate(low, size=(self.config.resolution,) * 2, mode="bilinear", align_corners=False)
         return low

@@ -588,6 +588,9 @@ def _train(config: TrainConfig, resume: bool | str | Path, ctx: _Dist) -> TrainR
         trainer.set_mean_image(data)
     if trainer.step == 0 and config.gan.pca_base:
         trainer.set_pca_basis(data)
+    if trainer.step == 0 and (config.gan.mean_offset or config.gan.pca_base):
+        _broadcast_module(trainer.G, ctx)  # every rank computed them; rank 0's are the run's
+        _broadcast_module(trainer.G_ema, ctx)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
@@ -723,8 +726,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-noise", action="store_true", default=None, help="no per-pixel noise inputs")
     add("--mean-offset", action="store_true", default=None,
         help="start the generator from the training maps' mean map (short runs, e.g. on a CPU)")
-    add("--pca-base", type=int, default=None, metavar="K",
+    add("--pca-base", type=_non_negative, default=None, metavar="K",
         help="add a linear layer of the training maps' K principal components (implies --mean-offset)")
+    add("--pca-base-resolution", type=int, default=None, metavar="PX",
+        help="store the components at this size (default 256; 128 makes the weights 4x smaller)")
     add("--steps", type=int, default=None, help="optimiser steps in total (default 100000)")
     add("--batch", type=int, default=None, help="global batch, split over processes (default 32)")
     add("--lr", type=float, default=None, help="Adam learning rate of G and D (default 0.0025)")
@@ -753,6 +758,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("-q", "--quiet", action="store_true", default=None, help="no progress bar")
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: ``out/config.json`` when resuming, else defaults; then the options given."""
     saved = Path(args.out) / "config.json"
@@ -765,7 +777,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {"resolution": args.resolution, "channel_base": args.channel_base, "channel_max": args.channel_max,
                  "noise": False if args.no_noise else None,
                  "mean_offset": True if args.mean_offset or args.pca_base else None,
-                 "pca_base": args.pca_base}
+                 "pca_base": args.pca_base, "pca_base_resolution": args.pca_base_resolution}
     gan = dataclasses.replace(gan, **{k: v for k, v in overrides.items() if v is not None})
     config.gan = gan
     simple = {"data": args.data, "steps": args.steps, "batch": args.batch, "r1_gamma": args.r1_gamma,
