@@ -11,12 +11,18 @@ other settings the defaults. Each fit is judged by
   face region (``ganfit.texture.metrics.sharpness``, x1e3), at the model's own resolution.
 
 Photos: the 20 UTKFace test photos of tests/data/utkface_objective.txt (held out of every UV
-set's training split). Prints a table, writes benchmarks/results/NAME.txt, optionally a Markdown
-table, and with ``--contact-sheet PNG`` a picture of photo | overlay | UV texture for the first
-eight photos and the last prior given.
+set's training split), or the photos given (files, or the sample names ``grace_hopper`` and
+``astronaut``). Prints a table, writes benchmarks/results/NAME.txt, optionally a Markdown
+table, and with ``--contact-sheet PNG`` a picture of the first eight photos, each with the overlay
+render and UV texture of every prior. UTKFace photos must not appear in the repository, so the
+docs' contact sheet is made from the public-domain photos (docs/images/public_photos):
+
+    python benchmarks/texture_prior_fits.py grace_hopper astronaut docs/images/public_photos/*.jpg \\
+        --prior pca=pca50.npz --prior gan=texture_gan.npz --name texture-prior-public \\
+        --contact-sheet docs/images/texture_contact_sheet.png
 
     python benchmarks/texture_prior_fits.py --prior pca=pca50.npz --prior gan=texture_gan.npz \\
-        [--markdown docs/texture-prior-fits.md] [--contact-sheet docs/images/texture_contact_sheet.png]
+        [--markdown FILE.md] [--contact-sheet /tmp/sheet.png]   # (UTKFace: keep it out of git)
 """
 
 from __future__ import annotations
@@ -66,12 +72,13 @@ def texture_sharpness(result: Reconstruction, size: int) -> float:
     return float(sharpness(texture, face_region_mask(size))[0]) * 1e3
 
 
-def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
-    """Photo | overlay render | UV texture, one row per photo, each cell SHEET_CELL pixels."""
+def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], path: Path, title: str) -> None:
+    """One row per photo: the photo, then overlay render and UV texture per prior; cells of
+    SHEET_CELL pixels under the column ``labels``."""
     head = 28
-    sheet = Image.new("RGB", (3 * SHEET_CELL, head + len(rows) * SHEET_CELL), (255, 255, 255))
+    sheet = Image.new("RGB", (len(labels) * SHEET_CELL, head + len(rows) * SHEET_CELL), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for column, label in enumerate(("photo", "overlay render", "UV texture")):
+    for column, label in enumerate(labels):
         draw.text((column * SHEET_CELL + 8, 4), label, fill=(0, 0, 0))
     draw.text((8, 16), title, fill=(90, 90, 90))
     for r, images in enumerate(rows):
@@ -109,11 +116,12 @@ def main() -> int:
     reconstructor = Reconstructor(base)
     judge = DlibJudge()
     rows: list[dict[str, float | str]] = []
-    sheet: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    sheet: list[list[np.ndarray]] = []
     for index, path in enumerate(photos):
         photo = load_photo(path)
         pixels = np.array(photo.pixels)
         row: dict[str, float | str] = {"photo": path.name.split(".")[0][:24]}
+        cells = [pixels]
         for name, file in priors:
             reconstructor.settings = replace(base, texture_model=file)
             model = reconstructor.texture_model()
@@ -121,8 +129,9 @@ def main() -> int:
             result, row[f"{name}_s"], row[f"{name}_overlay"], row[f"{name}_turned"] = fit_and_judge(
                 reconstructor, judge, photo, pixels)
             row[f"{name}_sharp"] = texture_sharpness(result, size)
-            if (name, file) == priors[-1] and index < SHEET_PHOTOS:
-                sheet.append((pixels, result.preview, result.texture))
+            cells += [result.preview, result.texture]
+        if index < SHEET_PHOTOS:
+            sheet.append(cells)
         rows.append(row)
         print("  " + str(row["photo"]) + ": " + ", ".join(
             f"{n} {row[n + '_overlay']:.3f}/{row[n + '_turned']:.3f} sharp {row[n + '_sharp']:.2f}" for n, _ in priors),
@@ -164,7 +173,9 @@ def main() -> int:
             f"**{mean(n + '_overlay'):.3f}** | **{mean(n + '_turned'):.3f}** | **{mean(n + '_sharp'):.2f}**" for n in names) + " |")
         args.markdown.write_text("\n".join(md) + "\n")
     if args.contact_sheet and sheet:
-        contact_sheet(sheet, args.contact_sheet, f"texture prior: {names[-1]} ({Path(priors[-1][1] or '').name})")
+        labels = ["photo"] + [f"{n}: {kind}" for n in names for kind in ("overlay render", "UV texture")]
+        contact_sheet(sheet, labels, args.contact_sheet,
+                      "texture priors: " + ", ".join(f"{n} = {Path(f).name if f else 'no prior'}" for n, f in priors))
         print(f"contact sheet: {args.contact_sheet}")
     return 0
 
