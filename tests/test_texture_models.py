@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ganfit.errors import GanfitError
-from ganfit.texture.gan import GanTextureModel, Generator
+from ganfit.texture.gan import CoefficientDiscriminator, GanTextureModel, Generator
 from ganfit.texture.metrics import DlibFeatureExtractor, high_frequency_ratio, kid, laplacian_energy, sharpness
 from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model, resolve_texture_model
 from ganfit.texture.pca import PcaFitSettings, PcaTextureModel, fit_pca, fit_pca_arrays
@@ -296,6 +296,33 @@ def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns
     assert coarse_detail(model.generator) < 0.3 * coarse_detail(unfiltered)
     exported = model.generator.synthesis.pca_basis  # float16 in the file
     assert torch.allclose(exported, state["G_ema"]["synthesis.pca_basis"], atol=2e-3 * float(exported.abs().max()))
+
+
+def test_pca_latent_gan_draws_inside_the_components_span_and_its_discriminator_sees_coefficients(
+        uv_folder: Path, tmp_path: Path, one_thread: None) -> None:
+    with pytest.raises(ValueError, match="detail=False needs pca_base"):
+        dataclasses.replace(PRESETS["tiny"], detail=False)
+    gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4, detail=False, coefficient_d_width=16)
+    out = tmp_path / "latent"
+    train_texture(tiny_config(uv_folder, out, steps=4, gan=gan, checkpoint_every=4))
+    state = torch.load(latest_checkpoint(out), weights_only=True)
+    assert not any(name.startswith("synthesis.convs") for name in state["G"])  # no convolutional synthesis
+    for name in ("mean_image", "pca_basis"):  # the discriminator projects with the generator's components
+        assert torch.equal(state["D"][name], state["G"][f"synthesis.{name}"])
+    model = load_texture_model(export_generator(latest_checkpoint(out), tmp_path / "latent.npz"))
+    assert isinstance(model, GanTextureModel) and not model.config.detail
+    synthesis = model.generator.synthesis
+    images = model.generator.synthesis(model.sample_latent(5, torch.Generator().manual_seed(0)))
+    basis = synthesis.pca_basis.flatten(1)
+    offsets = (images - synthesis.mean_image).flatten(1)
+    inside = (offsets @ basis.T) @ torch.linalg.pinv(basis.T)  # projection onto the span
+    assert float(offsets.abs().mean()) > 1e-3
+    assert torch.allclose(inside, offsets, atol=1e-4)
+    discriminator = CoefficientDiscriminator(gan)
+    discriminator.load_state_dict(state["D"])
+    coefficients = discriminator.coefficients(images)  # recovers what the generator chose
+    w = model.sample_latent(5, torch.Generator().manual_seed(0))
+    assert torch.allclose(coefficients, synthesis.pca_coefficients(w), atol=2e-2)
 
 
 def test_shipped_gan_is_named_gan_and_reported_by_info(trained_run: Path, tmp_path: Path,

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ganfit.errors import GanfitError, ModelDataError
-from ganfit.texture.gan import Discriminator, GanConfig, Generator, save_generator
+from ganfit.texture.gan import GanConfig, Generator, make_discriminator, save_generator
 from ganfit.texture.model import UvTextureSet
 from ganfit.texture.pca import PcaFitSettings, fit_pca_arrays
 
@@ -87,6 +87,8 @@ PRESETS: dict[str, GanConfig] = {
                          mean_offset=True),
     "256-cpu-pca": GanConfig(resolution=256, z_dim=128, w_dim=128, mapping_layers=4, channel_base=1024,
                              channel_max=128, mean_offset=True, pca_base=64),
+    "pca-latent": GanConfig(resolution=256, z_dim=128, w_dim=128, mapping_layers=4, mapping_lr_mult=0.1,
+                            mean_offset=True, pca_base=96, detail=False),
     "512": GanConfig(resolution=512, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=256),
 }
 
@@ -333,7 +335,7 @@ class _Trainer:
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, same on every rank
             torch.manual_seed(config.seed)
             self.G = Generator(config.gan).to(self.device)
-            self.D = Discriminator(config.gan).to(self.device)
+            self.D = make_discriminator(config.gan).to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         ratio = config.r1_interval / (config.r1_interval + 1) if config.r1_interval > 0 else 1.0
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2), eps=1e-8)
@@ -401,6 +403,8 @@ class _Trainer:
             mean = 0.5 * (mean + mean.flip(-1))
         for generator in (self.G, self.G_ema):
             generator.synthesis.mean_image.copy_(mean.float())
+        if hasattr(self.D, "mean_image"):  # CoefficientDiscriminator: the same projection
+            self.D.mean_image.copy_(mean.float())
 
     def set_pca_basis(self, data: _Data) -> None:
         """The principal components of the training maps (and, with flip augmentation, their
@@ -434,6 +438,8 @@ class _Trainer:
             generator.synthesis.pca_basis.zero_()
             generator.synthesis.pca_basis[:count].copy_(basis.to(self.device))
         self.G_ema.synthesis.pca_coefficients.load_state_dict(head.state_dict())
+        if hasattr(self.D, "pca_basis"):
+            self.D.pca_basis.copy_(self.G.synthesis.pca_basis)
         log.info("PCA base: %d components at %d px explain %.1f%% of the variance", count, size,
                  100 * float(pca.explained_variance_ratio.sum()))
 
@@ -591,6 +597,7 @@ def _train(config: TrainConfig, resume: bool | str | Path, ctx: _Dist) -> TrainR
     if trainer.step == 0 and (config.gan.mean_offset or config.gan.pca_base):
         _broadcast_module(trainer.G, ctx)  # every rank computed them; rank 0's are the run's
         _broadcast_module(trainer.G_ema, ctx)
+        _broadcast_module(trainer.D, ctx)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "config.json", lambda h: h.write(json.dumps(config.to_dict(), indent=2).encode()))
