@@ -424,16 +424,25 @@ class _Trainer:
                              device=self.device)
         count = pca.basis.shape[0]
         basis = (pca.basis * pca.std[:, None] * 2.0).view(count, 3, size, size)
-        # Start the coefficients at zero mean and unit variance over z, i.e. at PCA's own sample
-        # distribution: a randomly initialised affine map of w gave them a mean up to one standard
+        # Start the coefficients at zero mean and identity covariance over z, i.e. at PCA's own
+        # sample distribution: a randomly initialised affine map of w gave them a mean up to one standard
         # deviation off and a spread of ~0.8 (measured: KID 78 at step 300; normalised, 47).
         head = self.G.synthesis.pca_coefficients
         with torch.no_grad():
             z = torch.randn(4096, self.config.gan.z_dim, generator=torch.Generator().manual_seed(self.config.seed))
-            coefficients = head(self.G.mapping(z.to(self.device)))
-            mean, std = coefficients.mean(0), coefficients.std(0).clamp_min(1e-6)
-            head.weight.div_(std[:, None])
-            head.bias.copy_((head.bias * head.bias_gain - mean) / std / head.bias_gain)
+            coefficients = head(self.G.mapping(z.to(self.device))).double()
+            mean = coefficients.mean(0)
+            # Whiten, not only scale: a random affine map of w also correlates the coefficients,
+            # and PCA's are uncorrelated. c' = L^-1 (c - mean) with L L^T their covariance.
+            covariance = torch.cov(coefficients.T)
+            if coefficients.shape[1] > self.config.gan.w_dim:  # rank-deficient: scale each one only
+                covariance = torch.diag(covariance.diagonal())
+            covariance += 1e-6 * torch.eye(coefficients.shape[1], dtype=torch.float64, device=coefficients.device)
+            inverse = torch.linalg.inv(torch.linalg.cholesky(covariance))
+            weight = inverse @ (head.weight.double() * head.weight_gain)
+            bias = inverse @ (head.bias.double() * head.bias_gain - mean)
+            head.weight.copy_((weight / head.weight_gain).float())
+            head.bias.copy_((bias / head.bias_gain).float())
         for generator in (self.G, self.G_ema):
             generator.synthesis.pca_basis.zero_()
             generator.synthesis.pca_basis[:count].copy_(basis.to(self.device))
