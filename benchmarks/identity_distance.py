@@ -43,17 +43,21 @@ from ganfit.io.images import load_photo
 from ganfit.io.result import Reconstruction
 from ganfit.io.samples import SAMPLE_PHOTOS, sample_photo
 from ganfit.render import Camera, PointLight
+from ganfit.texture.dataset import OBJECTIVE_TEST_PHOTOS
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = ROOT / "tests" / "data" / "utkface_objective.txt"
 UTKFACE = ROOT.parent / "shared" / "data" / "utkface" / "crop_part1"
 TURN_DEGREES = 25.0
 SAME_PERSON = 0.6
 
 
+def utkface_test_photos() -> list[Path]:
+    """The 20 UTKFace photos of the objective benchmark (``OBJECTIVE_TEST_PHOTOS``), in order."""
+    return [UTKFACE / name for name in OBJECTIVE_TEST_PHOTOS]
+
+
 def default_photos() -> list[Path]:
-    names = [line.strip() for line in MANIFEST.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return [sample_photo("grace_hopper"), sample_photo("astronaut")] + [UTKFACE / name for name in names]
+    return [sample_photo("grace_hopper"), sample_photo("astronaut")] + utkface_test_photos()
 
 
 def choose_photos(given: list[Path], default: list[Path], limit: int | None, program: str) -> list[Path]:

@@ -10,7 +10,7 @@ other settings the defaults. Each fit is judged by
 - sharpness of the fitted UV texture: the mean squared Laplacian of its luminance in the
   face region (``ganfit.texture.metrics.sharpness``, x1e3), at the model's own resolution.
 
-Photos: the 20 UTKFace test photos of tests/data/utkface_objective.txt (held out of every UV
+Photos: the 20 UTKFace test photos (ganfit.texture.dataset.OBJECTIVE_TEST_PHOTOS; held out of every UV
 set's training split), or the photos given (files, or the sample names ``grace_hopper`` and
 ``astronaut``). Prints a table, writes benchmarks/results/NAME.txt, optionally a Markdown
 table, and with ``--contact-sheet PNG`` a picture of the first eight photos, each with the overlay
@@ -36,13 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from identity_distance import (
-    MANIFEST,
     SAME_PERSON,
     TURN_DEGREES,
-    UTKFACE,
     DlibJudge,
     choose_photos,
     fit_and_judge,
+    utkface_test_photos,
 )
 from PIL import Image, ImageDraw
 from report import publish
@@ -56,11 +55,6 @@ from ganfit.texture.uv_layout import face_region_mask
 
 SHEET_PHOTOS = 8
 SHEET_CELL = 256
-
-
-def test_photos() -> list[Path]:
-    names = [line.strip() for line in MANIFEST.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return [UTKFACE / name for name in names]
 
 
 def texture_sharpness(result: Reconstruction, size: int) -> float:
@@ -110,7 +104,7 @@ def main() -> int:
             print(f"texture_prior_fits: {file or item}: no such texture model (give NAME=FILE)", file=sys.stderr)
             return 2
         priors.append((name, None if name == "projected" else file))
-    photos = choose_photos(args.photos, test_photos(), args.photos_limit, "texture_prior_fits")
+    photos = choose_photos(args.photos, utkface_test_photos(), args.photos_limit, "texture_prior_fits")
 
     base = FitSettings(device=args.device)
     reconstructor = Reconstructor(base)

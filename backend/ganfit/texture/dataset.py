@@ -92,10 +92,13 @@ LICENCE_NOTE = (
     "cleared for commercial use). Never commit the photos or their UV maps to the repository."
 )
 
-#: The objective benchmark's 20 UTKFace fitting photos (tests/data/utkface_objective.txt; a test
-#: keeps the two equal). They always go to the test split: the fitting tests must not see a
-#: texture prior trained on their own faces.
-OBJECTIVE_TEST_PHOTOS: frozenset[str] = frozenset({
+#: The objective benchmark's 20 UTKFace fitting photos, by file name only (the photos live in
+#: ../shared/data/utkface/crop_part1 under a non-commercial research licence and are never
+#: committed): two per gender (0 male, 1 female) and race (0-4) code of UTKFace's file names,
+#: ages 20-70, the first in a seeded shuffle that dlib finds a face in. benchmarks/
+#: identity_distance.py and texture_prior_fits.py fit them in this order; they always go to the
+#: test split, so the fitting comparisons never see a texture prior trained on their own faces.
+OBJECTIVE_TEST_PHOTOS: tuple[str, ...] = (
     "39_0_0_20170104204717955.jpg.chip.jpg", "57_0_0_20170104212740101.jpg.chip.jpg",
     "25_0_1_20170103180757928.jpg.chip.jpg", "56_0_1_20170111211502304.jpg.chip.jpg",
     "27_0_2_20161219192534211.jpg.chip.jpg", "45_0_2_20170105173303117.jpg.chip.jpg",
@@ -106,7 +109,7 @@ OBJECTIVE_TEST_PHOTOS: frozenset[str] = frozenset({
     "20_1_2_20170104020725236.jpg.chip.jpg", "28_1_2_20170105162418251.jpg.chip.jpg",
     "24_1_3_20170104222526663.jpg.chip.jpg", "25_1_3_20170104222454999.jpg.chip.jpg",
     "34_1_4_20170103182156641.jpg.chip.jpg", "24_1_4_20170104005617062.jpg.chip.jpg",
-})
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,7 +746,7 @@ def _finish(out_dir: Path, photos: list[Path], keys: list[str], records: dict[st
     )
     _write_json(out_dir / SPLIT_JSON, {
         "rule": f"test: sha1(photo file name) in the lowest {test_fraction:g} of its range, plus the "
-                "objective benchmark's 20 fitting photos (tests/data/utkface_objective.txt)",
+                "objective benchmark's 20 fitting photos (ganfit.texture.dataset.OBJECTIVE_TEST_PHOTOS)",
         "test_fraction": test_fraction, "train": train, "test": test,
     })
     seconds_ok = [r["seconds"] for r in records.values() if r.get("status") == "ok" and r.get("seconds")]
