@@ -325,6 +325,46 @@ def test_pca_latent_gan_draws_inside_the_components_span_and_its_discriminator_s
     assert torch.allclose(coefficients, synthesis.pca_coefficients(w), atol=2e-2)
 
 
+def test_pca_latent_gan_trains_in_coefficient_space_with_the_image_space_game(
+        uv_folder: Path, tmp_path: Path, one_thread: None) -> None:
+    """The fast path (both players on (B, K) coefficients) must be the game on images: the same
+    reals after projection, and R1 equal to the image gradient's squared norm."""
+    from ganfit.texture.train import _load_data, _setup_distributed, _Trainer
+
+    gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=6, pca_base_resolution=16, detail=False,
+                              coefficient_d_width=16)
+    config = tiny_config(uv_folder, tmp_path / "fast", steps=1, gan=gan, batch=8)
+    trainer = _Trainer(config, _setup_distributed("cpu")[0])
+    data = _load_data(config, trainer.device)
+    trainer.set_mean_image(data)
+    trainer.set_pca_basis(data)
+    assert trainer.latent
+    trainer.step = 3
+    reals = trainer._reals(data, trainer._random())  # coefficients, mirrored where the draw says so
+    trainer.latent = False
+    images = trainer._reals(data, trainer._random())  # the same draws on images
+    trainer.latent = True
+    assert reals.shape == (8, 6) and images.shape == (8, 3, SIZE, SIZE)
+    assert torch.allclose(reals, trainer.D.coefficients(images), atol=1e-5)
+
+    images.requires_grad_(True)  # R1 through the projection (2x area resize) vs. in coefficient space
+    (image_grad,) = torch.autograd.grad(trainer.D(images).sum(), images)
+    coefficients = trainer.D.coefficients(images.detach()).requires_grad_(True)
+    (coefficient_grad,) = torch.autograd.grad(trainer.D.classify(coefficients).sum(), coefficients)
+    image_r1 = image_grad.square().sum(dim=(1, 2, 3))
+    assert float(image_r1.min()) > 0
+    assert torch.allclose((coefficient_grad.square() * trainer.D.r1_weights()).sum(1), image_r1, rtol=1e-3)
+
+    fakes = trainer._fakes(trainer._random())  # what G's images project to (their finer components blurred)
+    drawn = trainer.G.synthesis.mean_image + trainer.G.synthesis.pca_image(
+        trainer.G.mapping(torch.randn(8, gan.z_dim, generator=trainer._random())))
+    assert torch.allclose(trainer.D.coefficients(drawn), fakes, atol=1e-4)
+    stats = trainer.train_step(data)
+    assert all(np.isfinite(value) for value in stats.values()) and "r1" not in stats  # step 3: no R1
+    trainer.step = 4
+    assert "r1" in trainer.train_step(data)
+
+
 def test_shipped_gan_is_named_gan_and_reported_by_info(trained_run: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import ganfit.texture.model as texture_model_module

@@ -125,7 +125,7 @@ class GanConfig:
             raise ValueError(f"pca_base_resolution must be a power of two >= 4, got {b}")
         if not self.detail and not self.pca_base:
             raise ValueError("detail=False needs pca_base: without components the generator would draw nothing")
-        if self.pca_base and not 0 <= self.detail_cutoff <= self.pca_size:
+        if self.pca_base and self.detail and not 0 <= self.detail_cutoff <= self.pca_size:
             # Above the components' own resolution a band would come from neither part.
             raise ValueError(f"detail_cutoff must be in 0..{self.pca_size} (the components' resolution), "
                              f"got {self.detail_cutoff}")
@@ -354,7 +354,10 @@ class SynthesisNetwork(nn.Module):
 
     def pca_image(self, w: torch.Tensor) -> torch.Tensor:
         """The linear part ``basis . coefficients(w)`` at the output resolution."""
-        coefficients = self.pca_coefficients(w)
+        return self.coefficient_image(self.pca_coefficients(w))
+
+    def coefficient_image(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` coefficients -> ``basis . coefficients`` at the output resolution."""
         low = torch.einsum("bk,kchw->bchw", coefficients, self.pca_basis)
         if low.shape[-1] != self.config.resolution:
             low = F.interpolate(low, size=(self.config.resolution,) * 2, mode="bilinear", align_corners=False)
@@ -447,10 +450,23 @@ class CoefficientDiscriminator(nn.Module):
             norms = self.pca_basis.flatten(1).square().sum(1).clamp_min(1e-12)
             return torch.einsum("bchw,kchw->bk", x, self.pca_basis) / norms
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        c = self.coefficients(img)
+    def r1_weights(self) -> torch.Tensor:
+        """``(K,)`` weights that turn the gradient with respect to the coefficients into the image
+        gradient's squared norm: ``|dD/dimg|^2 = sum_k w_k (dD/dc_k)^2``. Exact for orthogonal
+        components: ``dc_k/dimg = A^T b_k / |b_k|^2`` with ``A`` the area resize by ``f`` per side
+        (``A A^T = I / f^2``), so ``w_k = 1 / (f^2 |b_k|^2)``. Lets training in coefficient space
+        keep the image-space R1 (same gamma)."""
+        factor = self.config.resolution / self.pca_basis.shape[-1]
+        norms = self.pca_basis.flatten(1).float().square().sum(1).clamp_min(1e-12)
+        return 1.0 / (factor**2 * norms)
+
+    def classify(self, c: torch.Tensor) -> torch.Tensor:
+        """Logits of ``(B, K)`` coefficients (what ``forward`` computes after the projection)."""
         c = _minibatch_std(c[:, :, None, None], self.config.mbstd_group)[:, :, 0, 0]
         return self.out(self.hidden(c)).squeeze(1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.coefficients(img))
 
 
 def make_discriminator(config: GanConfig) -> nn.Module:
