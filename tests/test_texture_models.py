@@ -256,6 +256,10 @@ def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns
         dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4, pca_base_resolution=8, detail_cutoff=16)
     parser = register(argparse.ArgumentParser().add_subparsers())
     assert config_from_args(parser.parse_args(["--out", str(tmp_path / "x"), "--pca-base", "8"])).gan.mean_offset
+    with pytest.raises(GanfitError, match="needs w_dim >= 200"):  # one line, not a traceback
+        config_from_args(parser.parse_args(["--out", str(tmp_path / "x"), "--preset", "pca-latent", "--pca-base", "200"]))
+    wide = ["--out", str(tmp_path / "x"), "--preset", "pca-latent", "--pca-base", "200", "--z-dim", "256", "--w-dim", "256"]
+    assert config_from_args(parser.parse_args(wide)).gan.w_dim == 256
     gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4, detail_cutoff=8)
     out = tmp_path / "pca-base"
     train_texture(tiny_config(uv_folder, out, steps=3, gan=gan, checkpoint_every=1))

@@ -123,6 +123,9 @@ class GanConfig:
         b = self.pca_base_resolution
         if b < 4 or b & (b - 1):
             raise ValueError(f"pca_base_resolution must be a power of two >= 4, got {b}")
+        if self.pca_base > self.w_dim:  # the coefficients are an affine map of w
+            raise ValueError(f"pca_base {self.pca_base} needs w_dim >= {self.pca_base} (got {self.w_dim}; "
+                             f"--w-dim {self.pca_base}): the coefficients are an affine map of w")
         if not self.detail and not self.pca_base:
             raise ValueError("detail=False needs pca_base: without components the generator would draw nothing")
         if self.pca_base and self.detail and not 0 <= self.detail_cutoff <= self.pca_size:

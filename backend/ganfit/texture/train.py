@@ -441,9 +441,7 @@ class _Trainer:
             mean = coefficients.mean(0)
             # Whiten, not only scale: a random affine map of w also correlates the coefficients,
             # and PCA's are uncorrelated. c' = L^-1 (c - mean) with L L^T their covariance.
-            covariance = torch.cov(coefficients.T)
-            if coefficients.shape[1] > self.config.gan.w_dim:  # rank-deficient: scale each one only
-                covariance = torch.diag(covariance.diagonal())
+            covariance = torch.cov(coefficients.T)  # full rank: GanConfig asks for w_dim >= pca_base
             covariance += 1e-6 * torch.eye(coefficients.shape[1], dtype=torch.float64, device=coefficients.device)
             inverse = torch.linalg.inv(torch.linalg.cholesky(covariance))
             weight = inverse @ (head.weight.double() * head.weight_gain)
@@ -857,7 +855,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                  "noise": False if args.no_noise else None,
                  "mean_offset": True if args.mean_offset or args.pca_base else None,
                  "pca_base": args.pca_base, "pca_base_resolution": args.pca_base_resolution}
-    gan = dataclasses.replace(gan, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        gan = dataclasses.replace(gan, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:  # GanConfig's own checks, as one line (the options are named in it)
+        raise GanfitError(f"invalid architecture: {exc}") from exc
     config.gan = gan
     simple = {"data": args.data, "steps": args.steps, "batch": args.batch, "r1_gamma": args.r1_gamma,
               "r1_interval": args.r1_interval, "style_mixing": args.style_mixing, "ema_kimg": args.ema_kimg,
