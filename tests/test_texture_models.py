@@ -257,10 +257,14 @@ def test_pca_base_holds_the_principal_components_of_the_mirrored_maps_and_learns
         dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4, pca_base_resolution=8, detail_cutoff=16)
     parser = register(argparse.ArgumentParser().add_subparsers())
     assert config_from_args(parser.parse_args(["--out", str(tmp_path / "x"), "--pca-base", "8"])).gan.mean_offset
-    with pytest.raises(GanfitError, match="needs w_dim >= 200"):  # one line, not a traceback
-        config_from_args(parser.parse_args(["--out", str(tmp_path / "x"), "--preset", "pca-latent", "--pca-base", "200"]))
+    with pytest.raises(GanfitError, match="invalid architecture: mapping_lr_mult must be > 0"):  # one line
+        config_from_args(parser.parse_args(["--out", str(tmp_path / "x"), "--mapping-lr-mult", "0"]))
     wide = ["--out", str(tmp_path / "x"), "--preset", "pca-latent", "--pca-base", "200", "--z-dim", "256", "--w-dim", "256"]
     assert config_from_args(parser.parse_args(wide)).gan.w_dim == 256
+    narrow = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=40)  # w_dim 32: spans 32 of 40
+    with pytest.raises(GanfitError, match="--pca-base 40 needs --w-dim 40"):
+        train_texture(tiny_config(uv_folder, tmp_path / "narrow", steps=1, gan=narrow))
+    assert not (tmp_path / "narrow" / "checkpoints").exists()
     gan = dataclasses.replace(PRESETS["tiny"], mean_offset=True, pca_base=4, detail_cutoff=8)
     out = tmp_path / "pca-base"
     train_texture(tiny_config(uv_folder, out, steps=3, gan=gan, checkpoint_every=1))
@@ -371,10 +375,19 @@ def test_pca_latent_gan_trains_in_coefficient_space_with_the_image_space_game(
     drawn = trainer.G.synthesis.mean_image + trainer.G.synthesis.pca_image(
         trainer.G.mapping(torch.randn(8, gan.z_dim, generator=trainer._random())))
     assert torch.allclose(trainer.D.coefficients(drawn), fakes, atol=1e-4)
+    projection = trainer._fake_projection()  # row k: component k's image, projected (not symmetric)
+    assert not torch.allclose(projection, projection.T, atol=1e-3)
     stats = trainer.train_step(data)
     assert all(np.isfinite(value) for value in stats.values()) and "r1" not in stats  # step 3: no R1
     trainer.step = 4
-    assert "r1" in trainer.train_step(data)
+    r1 = trainer.train_step(data)["r1"]
+    assert 0 < r1 < 10 * float(image_r1.mean())  # the size of the image path's
+
+    empty = CoefficientDiscriminator(gan)  # fewer maps than components: empty rows weigh nothing
+    empty.pca_basis.copy_(trainer.D.pca_basis)
+    empty.pca_basis[-1] = 0
+    weights = empty.r1_weights()
+    assert float(weights[-1]) == 0 and torch.equal(weights[:-1], trainer.D.r1_weights()[:-1])
 
 
 def test_shipped_gan_is_named_gan_and_reported_by_info(trained_run: Path, tmp_path: Path,

@@ -127,9 +127,9 @@ class GanConfig:
         b = self.pca_base_resolution
         if b < 4 or b & (b - 1):
             raise ValueError(f"pca_base_resolution must be a power of two >= 4, got {b}")
-        if self.pca_base > self.w_dim:  # the coefficients are an affine map of w
-            raise ValueError(f"pca_base {self.pca_base} needs w_dim >= {self.pca_base} (got {self.w_dim}; "
-                             f"--w-dim {self.pca_base}): the coefficients are an affine map of w")
+        if self.mapping_lr_mult <= 0 or self.coefficient_d_width < 1:
+            raise ValueError(f"mapping_lr_mult must be > 0 and coefficient_d_width >= 1, got "
+                             f"{self.mapping_lr_mult} and {self.coefficient_d_width}")
         if not self.detail and not self.pca_base:
             raise ValueError("detail=False needs pca_base: without components the generator would draw nothing")
         if self.pca_base and self.detail and not 0 <= self.detail_cutoff <= self.pca_size:
@@ -464,8 +464,9 @@ class CoefficientDiscriminator(nn.Module):
         (``A A^T = I / f^2``), so ``w_k = 1 / (f^2 |b_k|^2)``. Lets training in coefficient space
         keep the image-space R1 (same gamma)."""
         factor = self.config.resolution / self.pca_basis.shape[-1]
-        norms = self.pca_basis.flatten(1).float().square().sum(1).clamp_min(1e-12)
-        return 1.0 / (factor**2 * norms)
+        norms = self.pca_basis.flatten(1).float().square().sum(1)
+        # Components left empty (fewer maps than pca_base) move no texel: weight 0, as on images.
+        return torch.where(norms > 1e-12, 1.0 / (factor**2 * norms.clamp_min(1e-12)), torch.zeros_like(norms))
 
     def classify(self, c: torch.Tensor) -> torch.Tensor:
         """Logits of ``(B, K)`` coefficients (what ``forward`` computes after the projection)."""

@@ -328,6 +328,9 @@ class _Trainer:
     def __init__(self, config: TrainConfig, ctx: _Dist) -> None:
         if config.batch % ctx.world:
             raise GanfitError(f"batch {config.batch} does not split over {ctx.world} processes: make it a multiple")
+        if config.gan.pca_base > config.gan.w_dim:  # checked here, not in GanConfig: old exports still load
+            raise GanfitError(f"--pca-base {config.gan.pca_base} needs --w-dim {config.gan.pca_base} or more "
+                              f"(got {config.gan.w_dim}): the coefficients are an affine map of w")
         self.config = config
         self.ctx = ctx
         self.device = ctx.device
@@ -349,6 +352,7 @@ class _Trainer:
         self.latent = not config.gan.detail
         self._coefficients: torch.Tensor | None = None  # (N, 2, K): training maps, mirror images
         self._projection: torch.Tensor | None = None  # (K, K): G's coefficients -> what D sees
+        self._r1_weights: torch.Tensor | None = None  # (K,): CoefficientDiscriminator.r1_weights
         self.amp = config.amp and self.device.type == "cuda"
         if config.amp and not self.amp:
             log.info("mixed precision applies to CUDA only; training in float32")
@@ -383,7 +387,7 @@ class _Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self._coefficients = self._projection = None
+        self._coefficients = self._projection = self._r1_weights = None
 
     def save_checkpoint(self) -> Path:
         out = Path(self.config.out)
@@ -412,6 +416,7 @@ class _Trainer:
             generator.synthesis.mean_image.copy_(mean.float())
         if hasattr(self.D, "mean_image"):  # CoefficientDiscriminator: the same projection
             self.D.mean_image.copy_(mean.float())
+        self._coefficients = self._projection = self._r1_weights = None
 
     def set_pca_basis(self, data: _Data) -> None:
         """The principal components of the training maps (and, with flip augmentation, their
@@ -454,7 +459,7 @@ class _Trainer:
         self.G_ema.synthesis.pca_coefficients.load_state_dict(head.state_dict())
         if hasattr(self.D, "pca_basis"):
             self.D.pca_basis.copy_(self.G.synthesis.pca_basis)
-        self._coefficients = self._projection = None
+        self._coefficients = self._projection = self._r1_weights = None
         log.info("PCA base: %d components at %d px explain %.1f%% of the variance", count, size,
                  100 * float(pca.explained_variance_ratio.sum()))
 
@@ -506,7 +511,12 @@ class _Trainer:
         cfg = self.config.gan
         z = torch.randn(self.local_batch, cfg.z_dim, generator=gen, device=self.device)
         if self.latent:  # the coefficients D would find in G's image
-            return self.G.synthesis.pca_coefficients(self.G.mapping(z, update_w_avg=update_w_avg)) @ self._fake_projection()
+            # Only z is drawn (the image path also draws style-mixing numbers that detail=False
+            # ignores), so later draws of a step differ from the image path's: the same game in
+            # distribution, not draw for draw. float32 like the image path's linear decoder.
+            w = self.G.mapping(z, update_w_avg=update_w_avg)
+            with torch.autocast(self.device.type, enabled=False):
+                return self.G.synthesis.pca_coefficients(w.float()) @ self._fake_projection()
         ws = self.G.mapping(z, update_w_avg=update_w_avg)[:, None, :].repeat(1, cfg.num_ws, 1)
         mix = torch.rand((), generator=gen, device=self.device)
         cutoff = int(torch.randint(1, cfg.num_ws, (), generator=gen, device=self.device)) if cfg.num_ws > 1 else 1
@@ -548,7 +558,9 @@ class _Trainer:
         if do_r1:
             (grad,) = torch.autograd.grad(logits_real.sum(), reals, create_graph=True)
             if self.latent:  # the image gradient's squared norm, from the coefficients' gradient
-                r1 = (grad.float().square() * self.D.r1_weights()).sum(dim=1).mean()
+                if self._r1_weights is None:
+                    self._r1_weights = self.D.r1_weights()
+                r1 = (grad.float().square() * self._r1_weights).sum(dim=1).mean()
             else:
                 r1 = grad.float().square().sum(dim=(1, 2, 3)).mean()
             total_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
