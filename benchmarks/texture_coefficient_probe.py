@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         gan = synthesis.pca_coefficients(generator.mapping(torch.randn(n, model.config.z_dim)))
         # What the projection finds in the GAN's images (components stored below the output size
         # are blurred by the resize): the space the data's coefficients live in, for the moments.
-        eye = torch.eye(model.config.pca_base)
-        gan_seen = gan @ projector.coefficients(synthesis.mean_image + synthesis.coefficient_image(eye))
+        gan_seen = gan @ projector.generator_projection(synthesis)
         k = args.coarse
         sets: dict[str, torch.Tensor] = {
             "training maps' own coefficients (floor)": data[pick],

@@ -454,8 +454,19 @@ class CoefficientDiscriminator(nn.Module):
             x = img.float() - self.mean_image
             if x.shape[-1] != self.pca_basis.shape[-1]:
                 x = F.interpolate(x, size=self.pca_basis.shape[-2:], mode="area")
-            norms = self.pca_basis.flatten(1).square().sum(1).clamp_min(1e-12)
-            return torch.einsum("bchw,kchw->bk", x, self.pca_basis) / norms
+            return torch.einsum("bchw,kchw->bk", x, self.pca_basis) / self._squared_norms().clamp_min(1e-12)
+
+    def _squared_norms(self) -> torch.Tensor:
+        return self.pca_basis.flatten(1).float().square().sum(1)
+
+    def generator_projection(self, synthesis: SynthesisNetwork) -> torch.Tensor:
+        """``(K, K)``: row k is the projection of ``synthesis``'s image of component k alone, so
+        ``c @ P`` are the coefficients this discriminator finds in the image of coefficients
+        ``c``. The identity when the components are stored at the output size; below it, the
+        bilinear resize up and the area resize down blur the finer components."""
+        with torch.no_grad():
+            eye = torch.eye(self.pca_basis.shape[0], device=self.pca_basis.device)
+            return self.coefficients(synthesis.mean_image + synthesis.coefficient_image(eye))
 
     def r1_weights(self) -> torch.Tensor:
         """``(K,)`` weights that turn the gradient with respect to the coefficients into the image
@@ -464,7 +475,7 @@ class CoefficientDiscriminator(nn.Module):
         (``A A^T = I / f^2``), so ``w_k = 1 / (f^2 |b_k|^2)``. Lets training in coefficient space
         keep the image-space R1 (same gamma)."""
         factor = self.config.resolution / self.pca_basis.shape[-1]
-        norms = self.pca_basis.flatten(1).float().square().sum(1)
+        norms = self._squared_norms()
         # Components left empty (fewer maps than pca_base) move no texel: weight 0, as on images.
         return torch.where(norms > 1e-12, 1.0 / (factor**2 * norms.clamp_min(1e-12)), torch.zeros_like(norms))
 

@@ -43,7 +43,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -387,7 +388,7 @@ class _Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self._coefficients = self._projection = self._r1_weights = None
+        self._forget_projections()
 
     def save_checkpoint(self) -> Path:
         out = Path(self.config.out)
@@ -416,7 +417,7 @@ class _Trainer:
             generator.synthesis.mean_image.copy_(mean.float())
         if hasattr(self.D, "mean_image"):  # CoefficientDiscriminator: the same projection
             self.D.mean_image.copy_(mean.float())
-        self._coefficients = self._projection = self._r1_weights = None
+        self._forget_projections()
 
     def set_pca_basis(self, data: _Data) -> None:
         """The principal components of the training maps (and, with flip augmentation, their
@@ -446,7 +447,7 @@ class _Trainer:
             mean = coefficients.mean(0)
             # Whiten, not only scale: a random affine map of w also correlates the coefficients,
             # and PCA's are uncorrelated. c' = L^-1 (c - mean) with L L^T their covariance.
-            covariance = torch.cov(coefficients.T)  # full rank: GanConfig asks for w_dim >= pca_base
+            covariance = torch.cov(coefficients.T)  # full rank: the trainer asks for w_dim >= pca_base
             covariance += 1e-6 * torch.eye(coefficients.shape[1], dtype=torch.float64, device=coefficients.device)
             inverse = torch.linalg.inv(torch.linalg.cholesky(covariance))
             weight = inverse @ (head.weight.double() * head.weight_gain)
@@ -459,7 +460,7 @@ class _Trainer:
         self.G_ema.synthesis.pca_coefficients.load_state_dict(head.state_dict())
         if hasattr(self.D, "pca_basis"):
             self.D.pca_basis.copy_(self.G.synthesis.pca_basis)
-        self._coefficients = self._projection = self._r1_weights = None
+        self._forget_projections()
         log.info("PCA base: %d components at %d px explain %.1f%% of the variance", count, size,
                  100 * float(pca.explained_variance_ratio.sum()))
 
@@ -467,6 +468,10 @@ class _Trainer:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_mix_seed(self.config.seed, self.step, self.ctx.rank))
         return gen
+
+    def _forget_projections(self) -> None:
+        """Drop what was derived from D's mean and components (they were just set or loaded)."""
+        self._coefficients = self._projection = self._r1_weights = None
 
     def _real_coefficients(self, data: _Data) -> torch.Tensor:
         """Every training map's and mirror image's coefficients on D's components, once
@@ -482,14 +487,10 @@ class _Trainer:
         return self._coefficients
 
     def _fake_projection(self) -> torch.Tensor:
-        """``(K, K)``: row k is D's projection of G's image of component k alone. The identity
-        when the components are stored at the output size; below it, the bilinear resize in G and
-        the area resize in D blur the finer components, as they do in the image-space game."""
+        """``CoefficientDiscriminator.generator_projection`` of G, once: the resize blur the
+        image-space game applies to G's coefficients."""
         if self._projection is None:
-            synthesis = self.G.synthesis
-            with torch.no_grad():
-                eye = torch.eye(self.config.gan.pca_base, device=self.device)
-                self._projection = self.D.coefficients(synthesis.mean_image + synthesis.coefficient_image(eye))
+            self._projection = self.D.generator_projection(self.G.synthesis)
         return self._projection
 
     def _reals(self, data: _Data, gen: torch.Generator) -> torch.Tensor:
@@ -838,18 +839,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("-q", "--quiet", action="store_true", default=None, help="no progress bar")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
