@@ -16,10 +16,17 @@ Rows:
 - ``mean + noise``: the mean training map plus independent Gaussian noise per texel with the
   training maps' per-texel standard deviation (a trivial baseline).
 Each row also gives the mean sharpness (``ganfit.texture.metrics.sharpness``; inside ``--mask``
-when given) next to that of the held-out maps.
+when given) next to that of the held-out maps. A GAN with a detail stage (``train-texture-detail``)
+gets a second row without it. Below the table, the first GAN against each PCA model: the KID
+difference with a 95% interval from a paired bootstrap (``metrics.kid_difference``), which is
+what "the GAN beats PCA" has to rest on -- the +- of a row is the spread over subsets, not the
+doubt about the mean.
 
-    python benchmarks/texture_prior_table.py --data UV_DIR [--gan texture_gan.npz] [--pca pca.npz]
-        [--samples 1000] [--device cuda] [--update-provenance]
+``--test-data DIR`` takes the held-out maps from another UV folder (all of its maps): a set
+that no model or checkpoint was chosen on.
+
+    python benchmarks/texture_prior_table.py --data UV_DIR [--test-data UV_DIR2] [--gan texture_gan.npz]
+        [--pca pca.npz] [--samples 1000] [--device cuda] [--update-provenance]
 
 Prints the table and writes benchmarks/results/texture-prior.txt; ``--update-provenance`` also
 writes the figures into the GAN's provenance JSON (``<weights>.json``, "quality").
@@ -40,7 +47,8 @@ import torch
 from PIL import Image
 from report import publish
 
-from ganfit.texture.metrics import FEATURE_NOTE, DlibFeatureExtractor, KidResult, kid, sharpness
+from ganfit.texture.gan import GanTextureModel
+from ganfit.texture.metrics import FEATURE_NOTE, DlibFeatureExtractor, KidResult, kid, kid_difference, sharpness
 from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model
 from ganfit.texture.pca import PcaFitSettings, fit_pca
 
@@ -117,6 +125,9 @@ class _Measure:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="UV texture folder with a train/test split")
+    parser.add_argument("--test-data", type=Path, default=None,
+                        help="take the held-out maps from this UV folder instead (all of its maps)")
+    parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws of the GAN-vs-PCA difference")
     parser.add_argument("--gan", type=Path, action="append", default=[],
                         help="exported GAN weights (.npz); repeat to compare several (the first gets --update-provenance)")
     parser.add_argument("--truncation", type=float, action="append", default=None, metavar="PSI",
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gans = [(path, load_texture_model(path, device=device)) for path in args.gan]
     size = args.resolution or (gans[0][1].resolution if gans else 256)
-    held_out = _to_tensor(UvTextureSet.open(args.data, "test").load(size))
+    held_out_set = UvTextureSet.open(args.test_data, "all") if args.test_data else UvTextureSet.open(args.data, "test")
+    held_out = _to_tensor(held_out_set.load(size))
     train_set = UvTextureSet.open(args.data, "train")
     train = _to_tensor(train_set.load(size, limit=args.samples))
     pcas: list[tuple[str, TextureModel]] = []
@@ -163,16 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     measure = _Measure(DlibFeatureExtractor(device, batch_size=BATCH), mask)
     real_features, real_sharp = measure(_batches(held_out))
     rows: list[tuple[str, int, KidResult, float]] = []
+    features_of: dict[str, np.ndarray] = {}
 
     def add(label: str, count: int, batches: Iterator[torch.Tensor]) -> None:
         features, sharp = measure(batches)
         result = kid(real_features, features, args.subsets, args.subset_size, seed=args.seed)
         rows.append((label, count, result, sharp))
+        features_of[label] = features
         log.info("%s: KID %s", label, result)
 
     add("train maps (reference)", train.shape[0], _batches(train))
     for path, gan in gans:
         add(f"GAN ({name(path, args.gan)})", args.samples, _model_batches(gan, args.samples, args.seed + 1, size))
+        if getattr(gan, "detail", None) is not None:
+            plain = GanTextureModel.load(path, device=device, detail=False)
+            add(f"GAN ({name(path, args.gan)}) without its detail stage", args.samples,
+                _model_batches(plain, args.samples, args.seed + 1, size))
         for psi in args.truncation or []:
             if getattr(gan, "latent_space", None) != "w":
                 break
@@ -187,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "Texture prior quality (paper Table II analogue): KID x 10^3 against held-out UV maps, lower is better",
         f"  {FEATURE_NOTE}",
-        f"  data: {args.data} -- {held_out.shape[0]} held-out (test split) maps at {size} px; "
+        f"  data: {args.data} -- {held_out.shape[0]} held-out maps "
+        f"({'all of ' + str(args.test_data) if args.test_data else 'test split'}) at {size} px; "
         f"{args.subsets} subsets of up to {args.subset_size}",
         f"  sharpness: mean squared Laplacian of luminance x 10^3 ({mask_label}); "
         f"held-out maps: {real_sharp * 1e3:.3f}",
@@ -198,6 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"{label:58s} {count:7d} {result.mean * 1e3:8.2f} +- {result.std * 1e3:5.2f} {sharp * 1e3:9.3f}")
     if not gans:
         lines.append("GAN: no --gan weights given (train and export one: docs/texture-model.md)")
+    differences = {}
+    if gans:
+        gan_label = f"GAN ({name(gans[0][0], args.gan)})"
+        lines += ["", f"{gan_label} minus each PCA, KID x 1e3, paired bootstrap over held-out maps and samples:"]
+        for pca_label, _ in pcas:
+            difference = kid_difference(real_features, features_of[gan_label], features_of[pca_label],
+                                        draws=args.draws, seed=args.seed)
+            differences[pca_label] = difference
+            lines.append(f"  vs {pca_label}: {difference.mean * 1e3:+.2f} (95% interval {difference.low * 1e3:+.2f} "
+                         f".. {difference.high * 1e3:+.2f}); the GAN is closer in {100 * difference.a_better:.1f}% "
+                         f"of {difference.draws} draws")
     lines.append(f"({time.perf_counter() - started:.0f} s, device {device})")
     publish(args.name, lines)
 
@@ -222,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         best_pca = min((label for label, _ in pcas), key=lambda label: quality["kid_x1e3"][label])
         quality["kid_heldout_pca"] = quality["kid_x1e3"][best_pca]  # the best PCA given, and which
         quality["kid_heldout_pca_model"] = best_pca
+        quality["held_out_data"] = str(args.test_data or args.data)
+        quality["kid_difference_vs_pca_x1e3"] = {
+            label: {"mean": round(d.mean * 1e3, 3), "low95": round(d.low * 1e3, 3), "high95": round(d.high * 1e3, 3),
+                    "gan_closer_share": round(d.a_better, 4), "draws": d.draws} for label, d in differences.items()}
         provenance["quality"] = quality
         partial = provenance_path.with_name(provenance_path.name + ".partial")
         partial.write_text(json.dumps(provenance, indent=2) + "\n")

@@ -24,7 +24,14 @@ from PIL import Image
 
 from ganfit.errors import GanfitError
 from ganfit.texture.gan import CoefficientDiscriminator, GanTextureModel, Generator
-from ganfit.texture.metrics import DlibFeatureExtractor, high_frequency_ratio, kid, laplacian_energy, sharpness
+from ganfit.texture.metrics import (
+    DlibFeatureExtractor,
+    high_frequency_ratio,
+    kid,
+    kid_difference,
+    laplacian_energy,
+    sharpness,
+)
 from ganfit.texture.model import TextureModel, UvTextureSet, load_texture_model, resolve_texture_model
 from ganfit.texture.pca import PcaFitSettings, PcaTextureModel, fit_pca, fit_pca_arrays
 from ganfit.texture.train import (
@@ -445,6 +452,20 @@ def test_kid_is_unbiased_and_separates_distributions() -> None:
     # A set against itself: subsets overlap, a bias of -2 (mean k(x, x) - mean k(x, y)) / m.
     assert abs(same.mean) < 0.05 and abs(independent.mean) < 3 * independent.std + 0.01
     assert different.mean > 20 * max(abs(same.mean), abs(independent.mean))
+
+
+def test_kid_difference_is_paired_and_only_confident_when_it_should_be() -> None:
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(80, 16))  # a small held-out set, as the UV sets' are
+    good, twin = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    worse = rng.normal(loc=0.3, size=(300, 16))
+    clear = kid_difference(real, good, worse, draws=200)
+    assert clear.high < 0 and clear.a_better == 1.0  # a real gap: the interval excludes 0
+    assert clear.mean == pytest.approx(kid(real, good, 1, 300).mean - kid(real, worse, 1, 300).mean, abs=0.05)
+    tie = kid_difference(real, good, twin, draws=200)  # two samples of one model
+    assert tie.low < 0 < tie.high and 0.02 < tie.a_better < 0.98
+    flipped = kid_difference(real, worse, good, draws=200)
+    assert flipped.low > 0 and flipped.a_better == 0.0
 
 
 def test_dlib_features_of_uv_maps() -> None:

@@ -74,11 +74,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="JSON-lines protocol on stdin/stdout for the Blender add-on (docs/protocol.md)")
 
     # The texture prior's tools (issue 5): building the UV set, the PCA model, the GAN.
-    from .texture import dataset, pca, train
+    from .texture import dataset, detail_train, pca, train
 
     dataset.register(sub)
     pca.register(sub, "texture-pca")
     train.register(sub, "train-texture")
+    detail_train.register(sub, "train-texture-detail")
 
     info = sub.add_parser("info", help="versions, devices and where each model comes from")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -45,6 +45,7 @@ from torch import nn
 
 from ganfit.errors import ModelDataError
 from ganfit.io.atomic import atomic_savez
+from ganfit.texture.detail import DetailNetwork, detail_from_arrays
 
 __all__ = [
     "CoefficientDiscriminator",
@@ -62,7 +63,8 @@ log = logging.getLogger(__name__)
 
 #: 1: float16 parameters; 2: the PCA components (``pca_base``) as int8 with one scale per
 #: component (``q8/`` and ``q8scale/`` entries). Files without components are still written as 1.
-FORMAT_VERSION = 2
+#: 3: a detail stage beside the generator (``detail/`` entries, ``train-texture-detail --export``).
+FORMAT_VERSION = 3
 #: Stored as int8: 200 components at 256 px are 78 MB as float16, 39 MB as int8.
 _QUANTISED = ("synthesis.pca_basis",)
 NoiseMode = Literal["random", "const", "none"]
@@ -597,6 +599,15 @@ def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any], torch.T
     return generator, info, w_mean, w_cov
 
 
+def load_detail(path: str | Path) -> DetailNetwork | None:
+    """The detail stage stored in a GAN export (format 3, ``train-texture-detail --export``), or None."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            return detail_from_arrays(data)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ModelDataError(f"cannot read the detail stage of {path}: {exc}; re-export it") from exc
+
+
 class GanTextureModel(nn.Module):
     """A trained generator as a ``TextureModel``.
 
@@ -613,8 +624,10 @@ class GanTextureModel(nn.Module):
     w_whitening: torch.Tensor
 
     def __init__(self, generator: Generator, w_mean: torch.Tensor, w_cov: torch.Tensor,
-                 latent_space: LatentSpace = "w", info: dict[str, Any] | None = None) -> None:
+                 latent_space: LatentSpace = "w", info: dict[str, Any] | None = None,
+                 detail: DetailNetwork | None = None) -> None:
         super().__init__()
+        self.detail = detail.requires_grad_(False).eval() if detail is not None else None
         if latent_space not in ("w", "z"):
             raise ValueError(f"latent_space must be 'w' or 'z', got {latent_space!r}")
         self.generator = generator.requires_grad_(False).eval()
@@ -628,9 +641,11 @@ class GanTextureModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None,
-             latent_space: LatentSpace = "w") -> GanTextureModel:
+             latent_space: LatentSpace = "w", detail: bool = True) -> GanTextureModel:
+        """``detail=False`` leaves out a stored detail stage (``texture/detail.py``), for comparison."""
         generator, info, w_mean, w_cov = load_generator(path)
-        model = cls(generator, w_mean, w_cov, latent_space, info)
+        network = load_detail(path) if detail else None
+        model = cls(generator, w_mean, w_cov, latent_space, info, network)
         return model.to(device) if device is not None else model
 
     @property
@@ -652,6 +667,8 @@ class GanTextureModel(nn.Module):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         w = latent if self.latent_space == "w" else self.generator.mapping(latent)
         img = self.generator.synthesis(w, noise_mode="const")
+        if self.detail is not None:
+            img = img + self.detail(img)
         return ((img + 1.0) * 0.5).clamp(0.0, 1.0)
 
     forward = decode
