@@ -128,6 +128,25 @@ def test_detail_stage_trains_resumes_and_exports_a_texture_model(uv_folder: Path
     assert float(coarse_change) < 0.2 * float(added.abs().mean())  # ... and leaves the colouring alone
 
 
+def test_info_reports_a_shipped_detail_stage(uv_folder: Path, latent_gan: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import ganfit.texture.model as texture_model_module
+    from ganfit.cli import main
+
+    out = tmp_path / "detail"
+    train_detail(detail_config(uv_folder, latent_gan, out, steps=2))
+    shipped = export_with_detail(latest_checkpoint(out), tmp_path / "data" / "texture_gan.npz")
+    provenance = json.loads(shipped.with_suffix(".json").read_text())
+    provenance["quality"] = {"kid_heldout": 30.5, "kid_heldout_pca": 31.0, "kid_heldout_pca_model": "PCA (96)"}
+    shipped.with_suffix(".json").write_text(json.dumps(provenance))
+    monkeypatch.setattr(texture_model_module, "SHIPPED_GAN", shipped)
+    assert main(["info", "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["models"]["texture_gan"]
+    assert entry["detail stage"].startswith("2 steps") and entry["KIDx1e3 of PCA"] == "31.0 (PCA (96))"
+    assert "non-commercial" in entry["licence"]  # the GAN's provenance travels with the detail export
+
+
 def test_detail_stage_refuses_bad_inputs(uv_folder: Path, latent_gan: Path, tmp_path: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ganfit", "train-texture-detail", *args],

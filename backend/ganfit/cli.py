@@ -362,8 +362,13 @@ def _texture_models_info(projection: str) -> dict[str, Any]:
             "trained": f"{provenance.get('steps')} steps, {provenance.get('images_seen')} images",
             "licence": provenance.get("data", {}).get("licence") if isinstance(provenance.get("data"), dict) else None,
         }
+        detail = provenance.get("detail")
+        if isinstance(detail, dict):
+            gan["detail stage"] = f"{detail.get('steps')} steps (ganfit train-texture-detail)"
         if isinstance(quality, dict) and quality.get("kid_heldout") is not None:
             gan["KIDx1e3 vs held-out"] = quality["kid_heldout"]
+            if quality.get("kid_heldout_pca") is not None:
+                gan["KIDx1e3 of PCA"] = f"{quality['kid_heldout_pca']} ({quality.get('kid_heldout_pca_model')})"
         entries["texture_gan"] = gan
     if default is None:
         entries["texture"] = {"name": projection, "path": "(computed from each photo)",

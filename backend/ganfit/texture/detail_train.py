@@ -58,7 +58,11 @@ class DetailTrainConfig:
     patch: int = 64
     face_share: float = 0.75
     lr: float = 4e-4
-    r1_gamma: float = 1.0
+    r1_gamma: float = 0.05
+    #: Weight of the mean absolute difference between generated and real residual (pix2pix's
+    #: reconstruction term, in residual_scale units), beside the adversarial loss. Without it, a
+    #: CPU's few thousand steps drew speckles and bubbles (docs/texture-model.md).
+    l1_weight: float = 10.0
     r1_every: int = 4
     d_channels: int = 32
     detail: DetailConfig = field(default_factory=DetailConfig)
@@ -77,6 +81,8 @@ class DetailTrainConfig:
                              f"to {self.detail.resolution}")
         if not 0.0 <= self.face_share <= 1.0:
             raise ValueError(f"--face-share {self.face_share}: choose from 0 to 1")
+        if self.l1_weight < 0 or self.r1_gamma < 0 or self.lr <= 0:
+            raise ValueError("--l1-weight and --r1-gamma must be >= 0 and --lr > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,9 +224,11 @@ class _DetailTrainer:
 
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = F.softplus(-self.D(coarse, fake_residual, coordinates)).mean()
-        loss_g.backward()
+        l1 = (fake_residual - real_residual).abs().mean()
+        (loss_g + config.l1_weight * l1).backward()
         self.opt_g.step()
         stats["loss_g"] = float(loss_g.detach())
+        stats["l1"] = float(l1.detach())
         stats["residual_std"] = float(fake_residual.detach().std())
         self.step += 1
         return stats
@@ -360,6 +368,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch", type=int, default=defaults.patch, help="patch size in texels")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--r1-gamma", type=float, default=defaults.r1_gamma)
+    parser.add_argument("--l1-weight", type=float, default=defaults.l1_weight,
+                        help="weight of the reconstruction term beside the adversarial loss (0: adversarial only)")
     parser.add_argument("--channels", type=int, default=defaults.detail.channels, help="detail network width")
     parser.add_argument("--layers", type=int, default=defaults.detail.layers, help="detail network depth")
     parser.add_argument("--cutoff", type=int, default=None,
@@ -400,7 +410,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             config = DetailTrainConfig(
                 data=args.data, gan=str(Path(args.gan).resolve()), out=args.out, steps=args.steps, batch=args.batch,
-                patch=args.patch, lr=args.lr, r1_gamma=args.r1_gamma, device=args.device, seed=args.seed,
+                patch=args.patch, lr=args.lr, r1_gamma=args.r1_gamma, l1_weight=args.l1_weight,
+                device=args.device, seed=args.seed,
                 checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
                 time_limit_minutes=args.time_limit_minutes, quiet=args.quiet,
                 detail=DetailConfig(resolution=resolution, channels=args.channels, layers=args.layers,
