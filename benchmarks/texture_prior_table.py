@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the figures into the GAN's provenance JSON")
     parser.add_argument("--name", default="texture-prior", help="results file name (default texture-prior)")
     args = parser.parse_args(argv)
+    if args.draws < 1 or args.samples < 5:
+        parser.error("--draws must be >= 1 and --samples >= 5")
+    if args.test_data and args.test_data.resolve() == args.data.resolve():
+        parser.error("--test-data is --data: give another folder, or leave it out to use the test split")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device(args.device)
     started = time.perf_counter()

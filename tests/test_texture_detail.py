@@ -104,6 +104,10 @@ def test_detail_stage_trains_resumes_and_exports_a_texture_model(uv_folder: Path
     stats = json.loads((out / "stats.jsonl").read_text().splitlines()[-1])
     assert all(np.isfinite(stats[k]) for k in ("loss_d", "loss_g", "residual_std"))
 
+    before = latent_gan.read_bytes()
+    with pytest.raises(GanfitError, match="is the GAN the stage was trained on"):
+        export_with_detail(latest_checkpoint(out), latent_gan)
+    assert latent_gan.read_bytes() == before
     weights = export_with_detail(latest_checkpoint(out), tmp_path / "gan_detail.npz")
     with np.load(weights) as data:
         assert int(data["version"]) == 3 and "detail/config" in data.files
@@ -164,6 +168,9 @@ def test_detail_stage_refuses_bad_inputs(uv_folder: Path, latent_gan: Path, tmp_
           "--patch", "10"], "--patch 10"),
         (["--out", str(tmp_path / "empty"), "--export", str(tmp_path / "x.npz")], "holds no checkpoint"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["--data", str(uv_folder), "--gan", str(latent_gan), "--out", str(tmp_path / "a"),
+                       "--device", "cuda"], "no CUDA"))
     for args, message in cases:
         result = cli(*args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)

@@ -2,7 +2,7 @@
 
 Why: the PCA-latent GAN (``GanConfig.detail=False``) draws maps in the span of its principal
 components, so it holds no detail finer than PCA's -- measured: sample sharpness 0.24-0.61 where
-held-out maps have 2.60, and fits blurrier than PCA-96's (docs/texture-model.md). The paper's
+UTKFace UV maps have 2.6-2.8, and fits blurrier than PCA-96's (docs/texture-model.md). The paper's
 GAN draws detail with convolutions at full resolution; training those with an image
 discriminator at 256 px did not fit a CPU's budget (docs: runs 1-3 made artefacts, not detail).
 
@@ -70,7 +70,7 @@ class DetailConfig:
 
 def _kaiming(module: nn.Module) -> nn.Module:
     """He initialisation for leaky-ReLU(0.2) layers: PyTorch's default shrinks the signal about
-    threefold per layer, and a five-layer discriminator so initialised still could not tell the
+    threefold per layer, and the discriminator so initialised still could not tell the
     generator's speckles from real detail after 650 steps (logits +0.01 / -0.01)."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):

@@ -1,7 +1,7 @@
 """``ganfit train-texture-detail``: train the detail stage (``texture/detail.py``) of an exported
 PCA-latent GAN on patches of the UV set, and export GAN + detail as one file.
 
-    ganfit train-texture-detail --data UV_DIR --gan gan.npz --out RUN [--steps 3000] [--resume]
+    ganfit train-texture-detail --data UV_DIR --gan gan.npz --out RUN [--steps 3000] [--time-limit MIN] [--resume]
     ganfit train-texture-detail --out RUN --export texture_gan.npz
 
 Reals are the training maps paired with their projection onto the GAN's own components (what
@@ -10,7 +10,7 @@ generated residual. Both residuals are high-passed identically, so the discrimin
 judge the detail. Patches are cut at multiples of the high-pass cell, three quarters of them
 centred in the face region (most of the layout is flat filler), mirrored at random (the layout
 is left-right symmetric). ``RUN`` holds ``config.json``, ``checkpoints/``, ``samples/`` (coarse |
-with detail | real map, for four training maps) and ``stats.jsonl``; rerunning with ``--resume``
+with detail | coarse + the real residual high-passed, for four training maps) and ``stats.jsonl``; rerunning with ``--resume``
 continues from the latest checkpoint.
 """
 
@@ -31,11 +31,26 @@ import torch
 import torch.nn.functional as F
 
 from ganfit.errors import GanfitError, ModelDataError
+from ganfit.fit.reconstruct import resolve_device
 from ganfit.io.atomic import atomic_savez
-from ganfit.texture.detail import DetailConfig, DetailNetwork, PatchDiscriminator, detail_arrays, high_pass
+from ganfit.texture.detail import (
+    DetailConfig,
+    DetailNetwork,
+    PatchDiscriminator,
+    detail_arrays,
+    high_pass,
+    layout_coordinates,
+)
 from ganfit.texture.gan import FORMAT_VERSION, MAX_EXPORT_BYTES, CoefficientDiscriminator, load_generator
 from ganfit.texture.model import UvTextureSet
-from ganfit.texture.train import _atomic_write, _load_checkpoint, _save_grid, latest_checkpoint
+from ganfit.texture.train import (
+    _CHECKPOINT_RE,
+    _atomic_write,
+    _load_checkpoint,
+    _mix_seed,
+    _save_grid,
+    latest_checkpoint,
+)
 from ganfit.texture.uv_layout import face_region_mask
 
 __all__ = ["DetailTrainConfig", "export_with_detail", "main", "register", "run", "train_detail"]
@@ -81,8 +96,10 @@ class DetailTrainConfig:
                              f"to {self.detail.resolution}")
         if not 0.0 <= self.face_share <= 1.0:
             raise ValueError(f"--face-share {self.face_share}: choose from 0 to 1")
-        if self.l1_weight < 0 or self.r1_gamma < 0 or self.lr <= 0:
-            raise ValueError("--l1-weight and --r1-gamma must be >= 0 and --lr > 0")
+        if self.l1_weight < 0 or self.r1_gamma < 0 or self.lr <= 0 or self.r1_every < 1:
+            raise ValueError("--l1-weight and --r1-gamma must be >= 0, --lr > 0 and r1_every >= 1")
+        if self.detail.residual_scale <= 0:
+            raise ValueError(f"residual_scale must be positive, got {self.detail.residual_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,8 +119,10 @@ def _require_latent_gan(convolutional: bool, components: int, path: str) -> None
 
 
 class _Pairs:
-    """Training maps as float16 ``(coarse, coarse + high-passed residual)`` pairs in [-1, 1], and
-    the patch sampler."""
+    """Training maps as float16 ``(coarse, residual)`` pairs in [-1, 1] (``residual`` = map -
+    coarse, not yet high-passed), and the patch sampler. The real residual is high-passed per
+    patch, as the generator's is: high-passing whole maps and then cutting patches differed in
+    the outer texels (the bilinear upsampling's border), a cue the discriminator could use."""
 
     def __init__(self, config: DetailTrainConfig, device: torch.device) -> None:
         generator, _, _, _ = load_generator(config.gan)
@@ -119,21 +138,21 @@ class _Pairs:
         maps = UvTextureSet.open(config.data, "train").load(gan.resolution)
         if len(maps) == 0:
             raise GanfitError(f"{config.data} has no training maps")
-        coarse, real = [], []
+        coarse, residual = [], []
         with torch.no_grad():
             for start in range(0, len(maps), 64):
                 x = torch.from_numpy(np.ascontiguousarray(maps[start:start + 64].transpose(0, 3, 1, 2)))
                 x = x.to(device).float() / 127.5 - 1.0
                 c = synthesis.mean_image + synthesis.coefficient_image(projection.coefficients(x))
                 coarse.append(c.half())
-                real.append((c + high_pass(x - c, config.detail.factor)).half())
+                residual.append((x - c).half())
         self.coarse = torch.cat(coarse)
-        self.real = torch.cat(real)
+        self.residual = torch.cat(residual)
         self.size = gan.resolution
         self.patch = config.patch
         self.factor = config.detail.factor
         self.face_share = config.face_share
-        self.coordinates = DetailNetwork(config.detail).coordinates.to(device)
+        self.coordinates = layout_coordinates(self.size).to(device)
         self.face_texels = torch.nonzero(face_region_mask(self.size) > 0.5).to(device)
         log.info("detail stage: %d training maps at %d px paired with their projection on %d components",
                  len(self), self.size, gan.pca_base)
@@ -142,7 +161,8 @@ class _Pairs:
         return self.coarse.shape[0]
 
     def batch(self, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``count`` patches: coarse, real and coordinates ``(count, C, P, P)``, float32."""
+        """``count`` patches: coarse, real residual (high-passed) and coordinates ``(count, C, P, P)``,
+        float32."""
         device = self.coarse.device
         index = torch.randint(len(self), (count,), generator=gen, device=device)
         span = self.size - self.patch
@@ -156,29 +176,31 @@ class _Pairs:
         for i in range(count):
             (y, x), n = corner[i].tolist(), int(index[i])
             window = (slice(None), slice(y, y + self.patch), slice(x, x + self.patch))
-            parts = (self.coarse[n][window].float(), self.real[n][window].float(), self.coordinates[0][window])
+            parts = (self.coarse[n][window].float(), self.residual[n][window].float(), self.coordinates[window])
             for slot, part in zip(out, parts):
                 slot.append(part.flip(-1) if flip[i] else part)
-        coarse, real, coordinates = (torch.stack(slot) for slot in out)
-        return coarse, real, coordinates
+        coarse, residual, coordinates = (torch.stack(slot) for slot in out)
+        return coarse, high_pass(residual, self.factor), coordinates
 
 
 class _DetailTrainer:
     def __init__(self, config: DetailTrainConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
-        torch.manual_seed(config.seed)
-        self.G = DetailNetwork(config.detail).to(device)
-        self.D = PatchDiscriminator(config.d_channels).to(device)
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, the caller's RNG untouched
+            torch.manual_seed(config.seed)
+            self.G = DetailNetwork(config.detail).to(device)
+            self.D = PatchDiscriminator(config.d_channels).to(device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.99))
         self.step = 0
         self.train_seconds = 0.0
+        self.gan_sha256 = _sha256(Path(config.gan))
 
     def state(self) -> dict[str, Any]:
         return {"version": 1, "kind": "texture-detail", "step": self.step, "config": self.config.to_dict(),
                 "G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "train_seconds": self.train_seconds}
+                "opt_d": self.opt_d.state_dict(), "train_seconds": self.train_seconds, "gan_sha256": self.gan_sha256}
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "texture-detail":
@@ -189,22 +211,26 @@ class _DetailTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        if state.get("gan_sha256") not in (None, self.gan_sha256):
+            raise GanfitError(f"{self.config.gan} changed since this run started: use another --out")
 
     def save_checkpoint(self, out: Path) -> Path:
         path = out / "checkpoints" / f"checkpoint-{self.step:08d}.pt"
         state = self.state()
         _atomic_write(path, lambda handle: torch.save(state, handle))
-        for old in sorted(path.parent.glob("checkpoint-*.pt"))[:-_KEEP_CHECKPOINTS]:
-            old.unlink()
+        found = sorted((int(m.group(1)), p) for p in path.parent.glob("checkpoint-*.pt")
+                       if (m := _CHECKPOINT_RE.match(p.name)))
+        for _, old in found[:-_KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
         return path
 
     def train_step(self, pairs: _Pairs) -> dict[str, float]:
         config = self.config
-        gen = torch.Generator(device=self.device).manual_seed(config.seed * 1_000_003 + self.step)
-        coarse, real, coordinates = pairs.batch(config.batch, gen)
+        gen = torch.Generator(device=self.device).manual_seed(_mix_seed(config.seed, self.step))
+        coarse, real_residual, coordinates = pairs.batch(config.batch, gen)
         noise = torch.randn(coarse.shape[0], 1, *coarse.shape[-2:], generator=gen, device=self.device)
         scale = config.detail.residual_scale
-        real_residual = (real - coarse) / scale
+        real_residual = real_residual / scale
         fake_residual = self.G.patch(coarse, coordinates, noise) / scale
 
         self.opt_d.zero_grad(set_to_none=True)
@@ -234,10 +260,12 @@ class _DetailTrainer:
         return stats
 
     def save_samples(self, pairs: _Pairs, path: Path) -> None:
-        """Coarse | with detail | real map, for the first training maps."""
+        """Coarse | with detail | coarse + the real residual high-passed (what the generator
+        aims at), for the first training maps."""
         with torch.no_grad():
             coarse = pairs.coarse[:_SAMPLE_MAPS].float()
-            rows = [coarse, coarse + self.G(coarse), pairs.real[:_SAMPLE_MAPS].float()]
+            real = coarse + high_pass(pairs.residual[:_SAMPLE_MAPS].float(), pairs.factor)
+            rows = [coarse, coarse + self.G(coarse), real]
             grid = torch.stack(rows, dim=1).flatten(0, 1)
         _save_grid(grid, path, 3)
 
@@ -301,10 +329,15 @@ def train_detail(config: DetailTrainConfig, resume: bool = False) -> Path | None
     return checkpoint
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def export_with_detail(checkpoint: str | Path, out: str | Path) -> Path:
     """One file: the run's GAN export plus its detail network (format 3), and a provenance JSON
     beside it (the GAN's, with a ``detail`` section; quality figures cleared: re-measure them
-    with benchmarks/texture_prior_table.py --update-provenance)."""
+    with benchmarks/texture_prior_table.py --update-provenance). Everything is read and checked
+    before anything is written; the GAN must be the file the stage was trained on."""
     from ganfit import __version__
 
     state = _load_checkpoint(Path(checkpoint))
@@ -313,32 +346,37 @@ def export_with_detail(checkpoint: str | Path, out: str | Path) -> Path:
     config = DetailTrainConfig.from_dict(state["config"])
     network = DetailNetwork(config.detail)
     network.load_state_dict(state["G"])
-    gan_file = Path(config.gan)
+    gan_file, file = Path(config.gan), Path(out)
+    if file.resolve() == gan_file.resolve():
+        raise GanfitError(f"--export {out} is the GAN the stage was trained on: choose another file")
     try:
+        gan_sha = _sha256(gan_file)
         with np.load(gan_file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files if not key.startswith("detail/")}
-    except (OSError, ValueError) as exc:
-        raise ModelDataError(f"cannot read the run's GAN {gan_file}: {exc}") from exc
+        info = json.loads(str(arrays["info"]))
+        gan_json = gan_file.with_suffix(".json")
+        provenance: dict[str, Any] = json.loads(gan_json.read_text()) if gan_json.is_file() else {}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelDataError(f"cannot read the run's GAN {gan_file} or its provenance: {exc}") from exc
+    if state.get("gan_sha256") not in (None, gan_sha):
+        raise GanfitError(f"{gan_file} changed since the detail stage was trained on it: train again")
     detail_info = {"model": "detail stage (ganfit.texture.detail), patch GAN on the UV set", "steps": int(state["step"]),
                    "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
                    "config": config.to_dict(), "checkpoint": str(checkpoint)}
-    info = json.loads(str(arrays["info"])) | {"detail": {k: detail_info[k] for k in ("model", "steps")}}
+    info |= {"detail": {k: detail_info[k] for k in ("model", "steps")}}
     arrays |= detail_arrays(network) | {"info": np.array(json.dumps(info)), "version": np.array(FORMAT_VERSION)}
-    file = Path(out)
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_savez(file, arrays)
     if file.stat().st_size > MAX_EXPORT_BYTES:
         log.warning("%s is %.1f MB, over the 50 MB shipping limit", file, file.stat().st_size / 2**20)
-    gan_json = gan_file.with_suffix(".json")
-    provenance: dict[str, Any] = json.loads(gan_json.read_text()) if gan_json.is_file() else {}
     provenance |= {
         "weights": file.name,
         "detail": detail_info | {"exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                  "ganfit_version": __version__},
-        "gan_weights": {"file": gan_file.name, "sha256": hashlib.sha256(gan_file.read_bytes()).hexdigest()},
+        "gan_weights": {"file": gan_file.name, "sha256": gan_sha},
         "quality": {"kid_heldout": None, "note": "GAN + detail: fill in with benchmarks/texture_prior_table.py "
                                                  "--update-provenance"},
-        "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        "sha256": _sha256(file),
         "bytes": file.stat().st_size,
     }
     _atomic_write(file.with_suffix(".json"), lambda h: h.write((json.dumps(provenance, indent=2) + "\n").encode()))
@@ -379,7 +417,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--sample-every", type=int, default=defaults.sample_every)
-    parser.add_argument("--time-limit-minutes", type=float, default=None)
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="stop (with a checkpoint) after this many minutes")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--export", metavar="NPZ", default=None,
                         help="write GAN + detail from the latest checkpoint to this file (after training, if asked)")
@@ -398,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
         for flag in ("steps", "batch", "channels"):
             if getattr(args, flag) < 1:
                 raise GanfitError(f"--{flag} {getattr(args, flag)}: choose a positive number")
+        device = resolve_device(args.device)
         try:
             with np.load(args.gan, allow_pickle=False) as data:
                 kind, gan = str(data["kind"]), json.loads(str(data["config"]))
@@ -411,11 +451,11 @@ def run(args: argparse.Namespace) -> int:
             config = DetailTrainConfig(
                 data=args.data, gan=str(Path(args.gan).resolve()), out=args.out, steps=args.steps, batch=args.batch,
                 patch=args.patch, lr=args.lr, r1_gamma=args.r1_gamma, l1_weight=args.l1_weight,
-                device=args.device, seed=args.seed,
+                device=str(device), seed=args.seed,
                 checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-                time_limit_minutes=args.time_limit_minutes, quiet=args.quiet,
+                time_limit_minutes=args.time_limit, quiet=args.quiet,
                 detail=DetailConfig(resolution=resolution, channels=args.channels, layers=args.layers,
-                                    cutoff=args.cutoff or max(1, resolution // 4)))
+                                    cutoff=max(1, resolution // 4) if args.cutoff is None else args.cutoff))
         except ValueError as exc:
             raise GanfitError(f"train-texture-detail: {exc}") from exc
         train_detail(config, resume=args.resume)

@@ -108,33 +108,39 @@ class KidDifference:
 
 def kid_difference(real: np.ndarray | torch.Tensor, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor,
                    draws: int = 1000, seed: int = 0) -> KidDifference:
-    """Is model ``a`` closer to the real set than model ``b``, beyond chance? A paired bootstrap:
-    each draw resamples all three sets with replacement (the real set's finite size is the largest
-    source of doubt when it holds only tens or hundreds of maps; the models' samples are finite
-    too) and both KIDs share the real draw. Each KID stays unbiased within a draw: pairs of a
-    sample with itself are left out of the within-set means. Same kernel as ``kid``."""
+    """Is model ``a`` closer to the real set than model ``b``, beyond chance? ``mean`` is the
+    difference of the two unbiased KIDs on the full sets; the interval and the share come from
+    a paired bootstrap: each draw resamples all three sets with replacement (the real set's
+    finite size is the largest source of doubt when it holds only tens or hundreds of maps; the
+    models' samples are finite too) and both KIDs share the real draw. Within a draw each KID
+    stays unbiased: pairs made of one original sample twice are left out of the within-set
+    means. Same kernel as ``kid``."""
     x, ya, yb = _as_array(real), _as_array(a), _as_array(b)
-    if min(x.shape[0], ya.shape[0], yb.shape[0]) < 2:
-        raise ValueError("a KID difference needs at least two samples in each set")
+    if min(x.shape[0], ya.shape[0], yb.shape[0]) < 5:
+        raise ValueError("a KID difference needs at least five samples in each set")
     d = x.shape[1]
     k_xa, k_xb = (x @ ya.T / d + 1) ** 3, (x @ yb.T / d + 1) ** 3
     k_aa, k_bb = (ya @ ya.T / d + 1) ** 3, (yb @ yb.T / d + 1) ** 3
     rng = np.random.default_rng(seed)
 
+    def within(k: np.ndarray, c: np.ndarray) -> float:
+        """Mean of ``k`` over pairs of draws that are different original samples (weights ``c``)."""
+        pairs = c.sum() ** 2 - (c**2).sum()
+        return float((c @ k @ c - (c**2) @ np.diag(k)) / pairs) if pairs > 0 else float("nan")
+
+    def difference(cr: np.ndarray, ca: np.ndarray, cb: np.ndarray) -> float:
+        cross_a = cr @ k_xa @ ca / (cr.sum() * ca.sum())
+        cross_b = cr @ k_xb @ cb / (cr.sum() * cb.sum())
+        return within(k_aa, ca) - within(k_bb, cb) - 2 * (cross_a - cross_b)
+
     def counts(n: int) -> np.ndarray:
         return np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
 
-    def within(k: np.ndarray, c: np.ndarray) -> float:  # mean of k over pairs of distinct draws
-        return float((c @ k @ c - (c**2) @ np.diag(k)) / (c.sum() ** 2 - (c**2).sum()))
-
-    values = np.empty(draws)
-    for i in range(draws):
-        cr, ca, cb = counts(x.shape[0]), counts(ya.shape[0]), counts(yb.shape[0])
-        cross_a = cr @ k_xa @ ca / (cr.sum() * ca.sum())
-        cross_b = cr @ k_xb @ cb / (cr.sum() * cb.sum())
-        values[i] = within(k_aa, ca) - within(k_bb, cb) - 2 * (cross_a - cross_b)
+    estimate = difference(np.ones(x.shape[0]), np.ones(ya.shape[0]), np.ones(yb.shape[0]))
+    values = np.array([difference(counts(x.shape[0]), counts(ya.shape[0]), counts(yb.shape[0])) for _ in range(draws)])
+    values = values[np.isfinite(values)]  # a draw of one sample repeated has no pairs (n < ~10 only)
     low, high = np.percentile(values, [2.5, 97.5])
-    return KidDifference(float(values.mean()), float(low), float(high), float((values < 0).mean()), draws)
+    return KidDifference(estimate, float(low), float(high), float((values < 0).mean()), int(values.size))
 
 
 def _as_array(features: np.ndarray | torch.Tensor) -> np.ndarray:
