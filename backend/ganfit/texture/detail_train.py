@@ -50,6 +50,7 @@ from ganfit.texture.train import (
     _mix_seed,
     _save_grid,
     latest_checkpoint,
+    window_means,
 )
 from ganfit.texture.uv_layout import face_region_mask
 
@@ -309,10 +310,7 @@ def train_detail(config: DetailTrainConfig, resume: bool = False) -> Path | None
             step = trainer.step
             final = step == config.steps
             if step % config.log_every == 0 or final:
-                record: dict[str, Any] = {"step": step, "seconds": round(trainer.train_seconds, 2)}
-                for key in sorted({k for w in window for k in w}):
-                    values = [w[key] for w in window if key in w]
-                    record[key] = round(sum(values) / len(values), 5)
+                record = {"step": step, "seconds": round(trainer.train_seconds, 2)} | window_means(window)
                 with (out / "stats.jsonl").open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 window = []

@@ -76,14 +76,11 @@ def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, subset
     if size < 2:
         raise ValueError("KID needs at least two samples in each set")
     rng = np.random.default_rng(seed)
-    d = x.shape[1]
     values = np.empty(subsets)
     for i in range(subsets):
         a = x[rng.choice(x.shape[0], size, replace=False)]
         b = y[rng.choice(y.shape[0], size, replace=False)]
-        k_aa = (a @ a.T / d + 1) ** 3
-        k_bb = (b @ b.T / d + 1) ** 3
-        k_ab = (a @ b.T / d + 1) ** 3
+        k_aa, k_bb, k_ab = _kernel(a, a), _kernel(b, b), _kernel(a, b)
         off = size * (size - 1)
         values[i] = ((k_aa.sum() - np.trace(k_aa)) / off + (k_bb.sum() - np.trace(k_bb)) / off
                      - 2 * k_ab.mean())
@@ -118,9 +115,8 @@ def kid_difference(real: np.ndarray | torch.Tensor, a: np.ndarray | torch.Tensor
     x, ya, yb = _as_array(real), _as_array(a), _as_array(b)
     if min(x.shape[0], ya.shape[0], yb.shape[0]) < 5:
         raise ValueError("a KID difference needs at least five samples in each set")
-    d = x.shape[1]
-    k_xa, k_xb = (x @ ya.T / d + 1) ** 3, (x @ yb.T / d + 1) ** 3
-    k_aa, k_bb = (ya @ ya.T / d + 1) ** 3, (yb @ yb.T / d + 1) ** 3
+    k_xa, k_xb = _kernel(x, ya), _kernel(x, yb)
+    k_aa, k_bb = _kernel(ya, ya), _kernel(yb, yb)
     rng = np.random.default_rng(seed)
 
     def within(k: np.ndarray, c: np.ndarray) -> float:
@@ -141,6 +137,11 @@ def kid_difference(real: np.ndarray | torch.Tensor, a: np.ndarray | torch.Tensor
     values = values[np.isfinite(values)]  # a draw of one sample repeated has no pairs (n < ~10 only)
     low, high = np.percentile(values, [2.5, 97.5])
     return KidDifference(estimate, float(low), float(high), float((values < 0).mean()), int(values.size))
+
+
+def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's cubic polynomial kernel ``(a.b / d + 1)^3`` between the rows of two feature sets."""
+    return (a @ b.T / a.shape[1] + 1) ** 3
 
 
 def _as_array(features: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -720,12 +720,18 @@ def _train(config: TrainConfig, resume: bool | str | Path, ctx: _Dist) -> TrainR
     return TrainResult(trainer.step, trainer.step * config.batch, checkpoint, trainer.train_seconds, losses)
 
 
-def _append_stats(path: Path, step: int, trainer: _Trainer, window: list[dict[str, float]]) -> None:
-    record: dict[str, Any] = {"step": step, "images": step * trainer.config.batch,
-                              "seconds": round(trainer.train_seconds, 3)}
+def window_means(window: list[dict[str, float]]) -> dict[str, float]:
+    """Each statistic's mean over the steps that logged it (rounded for stats.jsonl)."""
+    means = {}
     for key in sorted({k for w in window for k in w}):
         values = [w[key] for w in window if key in w]
-        record[key] = round(sum(values) / len(values), 5)
+        means[key] = round(sum(values) / len(values), 5)
+    return means
+
+
+def _append_stats(path: Path, step: int, trainer: _Trainer, window: list[dict[str, float]]) -> None:
+    record: dict[str, Any] = {"step": step, "images": step * trainer.config.batch,
+                              "seconds": round(trainer.train_seconds, 3)} | window_means(window)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
