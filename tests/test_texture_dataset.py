@@ -156,7 +156,8 @@ def test_interrupt_in_process_leaves_no_partial_files(reference, photo_dir: Path
 
     monkeypatch.setattr(ds.PhotoFitter, "_write_png", staticmethod(original))
     summary = build_texture_dataset(photo_dir, target, TINY, workers=1, progress=False)
-    assert summary.skipped == 3 and summary.processed == 1 and summary.ok == 2
+    # Work order astronaut, grace_hopper, coffee, corrupt: only astronaut was done.
+    assert summary.skipped == 1 and summary.processed == 3 and summary.ok == 2
     for key in FACES:
         for suffix in (".png", "_conf.png"):
             assert (target / f"{key}{suffix}").read_bytes() == (out / f"{key}{suffix}").read_bytes()
@@ -289,6 +290,20 @@ def test_limit_takes_the_first_photos_in_name_order(photo_dir: Path, tmp_path: P
     summary = build_texture_dataset(photo_dir, tmp_path / "set", TINY, workers=1, limit=2, progress=False)
     assert summary.total == 2  # astronaut.png, coffee.png
     assert summary.line() == "1 ok, 1 failed: 1 no face found"
+
+
+def test_photos_are_fitted_in_hash_order_so_a_partial_set_is_a_fair_sample(photo_dir: Path, tmp_path: Path) -> None:
+    seen: list[str] = []
+    build_texture_dataset(photo_dir, tmp_path / "set", TINY, workers=1, progress=False,
+                          on_record=lambda record: seen.append(record["key"]))
+    assert seen == ["astronaut", "grace_hopper", "coffee", "corrupt"]  # not name order
+    assert seen == sorted(seen, key=ds.processing_order)
+    # UTKFace-style names (age first): the first tenth of the work has the folder's mean age,
+    # where name order would give ages 1-17 only.
+    names = [f"{age}_0_0_2017{i:05d}.jpg.chip" for age in range(1, 91) for i in range(40)]
+    first = sorted(names, key=ds.processing_order)[: len(names) // 10]
+    assert abs(np.mean([int(n.split("_")[0]) for n in first]) - 45.5) < 3
+    assert max(int(n.split("_")[0]) for n in sorted(names)[: len(names) // 10]) < 20
 
 
 def test_keys_split_and_held_out_photos() -> None:
