@@ -43,6 +43,24 @@ def test_reconstruct_writes_the_result_folder(grace_path: Path, tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name != "grace"]  # no temp folders left
 
 
+def _subcommands() -> list[str]:
+    import argparse
+
+    from ganfit.cli import _build_parser
+
+    (sub,) = [a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in _subcommands())])
+def test_help_of_every_command(command: list[str], capsys):
+    """``--help`` prints usage and exits 0 (a stray '%' in a help text made argparse raise)."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
+
+
 def test_info_lists_models_and_devices(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out

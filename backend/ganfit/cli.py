@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="weight of one term of the objective, 0 switches it off; terms: " + ", ".join(LOSS_TERMS))
     rec.add_argument("--lighting-steps", type=int, default=None, help="lighting-stage steps (default 80)")
     rec.add_argument("--lr", type=float, default=None, help="landmark-stage Adam learning rate (default 0.02)")
-    rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 512; the face fills 58% of it)")
+    rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 512; the face fills 58%% of it)")
     rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rec.add_argument("--face", type=int, default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")
