@@ -110,6 +110,16 @@ def turned_view(reconstructor: Reconstructor, result: Reconstruction, degrees: f
     return image, marks.cpu().numpy()
 
 
+def joint_settings(items: list[str]) -> JointStageSettings:
+    """The joint stage's defaults with ``FIELD=VALUE`` overrides (the ``--joint`` option)."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        kind = type(getattr(JointStageSettings(), key))
+        overrides[key] = kind(float(value)) if kind is int else kind(value)
+    return JointStageSettings(**overrides)
+
+
 def fit_and_judge(reconstructor: Reconstructor, judge: DlibJudge, photo, pixels: np.ndarray
                   ) -> tuple[Reconstruction, float, float, float]:
     """Fit one photo with the reconstructor's current settings; return the result, the fit's
@@ -150,12 +160,7 @@ def main() -> int:
         current: dict[str, np.ndarray] = {}
         detector = FaceDetector(landmarker=lambda pixels, box: current["landmarks"])
 
-    overrides = {}
-    for item in args.joint:
-        key, _, value = item.partition("=")
-        kind = type(getattr(JointStageSettings(), key))
-        overrides[key] = kind(float(value)) if kind is int else kind(value)
-    full_settings = FitSettings(device=args.device, joint=JointStageSettings(**overrides))
+    full_settings = FitSettings(device=args.device, joint=joint_settings(args.joint))
     landmark_settings = replace(full_settings, joint=replace(full_settings.joint, steps=0))
     reconstructor = Reconstructor(full_settings, detector=detector)
     judge = DlibJudge()

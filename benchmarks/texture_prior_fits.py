@@ -23,6 +23,10 @@ docs' contact sheet is made from the public-domain photos (docs/images/public_ph
 
     python benchmarks/texture_prior_fits.py --prior pca=pca50.npz --prior gan=texture_gan.npz \\
         [--markdown FILE.md] [--contact-sheet /tmp/sheet.png]   # (UTKFace: keep it out of git)
+
+Settings are tuned on other photos than the 20, e.g. the default texture prior weight (1e-5) on
+8 fresh UTKFace photos: ``python benchmarks/texture_prior_fits.py FRESH_PHOTOS... --prior ...
+--joint texture_prior_weight=W`` for W in 1e-3, 1e-4, 1e-5 (docs/texture-model.md).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from identity_distance import (
     DlibJudge,
     choose_photos,
     fit_and_judge,
+    joint_settings,
     utkface_test_photos,
 )
 from PIL import Image, ImageDraw
@@ -95,6 +100,8 @@ def main() -> int:
     parser.add_argument("--photos-limit", type=int, default=None, help="only the first N photos")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here")
     parser.add_argument("--contact-sheet", type=Path, default=None, help="write photo | overlay | UV texture here")
+    parser.add_argument("--joint", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a JointStageSettings field for every prior, e.g. --joint texture_prior_weight=1e-4")
     parser.add_argument("--name", default="texture-prior-fits", help="results file name (benchmarks/results/NAME.txt)")
     args = parser.parse_args()
     priors: list[tuple[str, str | None]] = []
@@ -106,7 +113,7 @@ def main() -> int:
         priors.append((name, None if name == "projected" else file))
     photos = choose_photos(args.photos, utkface_test_photos(), args.photos_limit, "texture_prior_fits")
 
-    base = FitSettings(device=args.device)
+    base = FitSettings(device=args.device, joint=joint_settings(args.joint))
     reconstructor = Reconstructor(base)
     judge = DlibJudge()
     rows: list[dict[str, float | str]] = []
