@@ -283,12 +283,13 @@ def atomic_file(target: Path | str, *, force: bool = False) -> Iterator[Path]:
             _remove_empty(created_parents)
 
 
-def atomic_savez(target: Path | str, arrays: dict[str, Any]) -> Path:
-    """``np.savez`` to ``target`` through ``atomic_file`` (replacing it): model files written by
-    the trainers are never left half-written."""
+def atomic_savez(target: Path | str, arrays: dict[str, Any], compressed: bool = False) -> Path:
+    """``np.savez`` (``compressed``: ``np.savez_compressed``, lossless, read the same way) to
+    ``target`` through ``atomic_file`` (replacing it): model files written by the trainers are
+    never left half-written."""
     import numpy as np
 
     with atomic_file(target, force=True) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            (np.savez_compressed if compressed else np.savez)(handle, **arrays)
     return Path(target)

@@ -364,7 +364,8 @@ def export_with_detail(checkpoint: str | Path, out: str | Path) -> Path:
     info |= {"detail": {k: detail_info[k] for k in ("model", "steps")}}
     arrays |= detail_arrays(network) | {"info": np.array(json.dumps(info)), "version": np.array(FORMAT_VERSION)}
     file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_savez(file, arrays)
+    # Compressed: the int8 components shrink 2.6x losslessly (the shipped GAN: 40.6 -> 15.1 MB).
+    atomic_savez(file, arrays, compressed=True)
     if file.stat().st_size > MAX_EXPORT_BYTES:
         log.warning("%s is %.1f MB, over the 50 MB shipping limit", file, file.stat().st_size / 2**20)
     provenance |= {
