@@ -253,10 +253,6 @@ def held_out(name: str, test_fraction: float) -> bool:
     return digest / 2**32 < test_fraction
 
 
-# --------------------------------------------------------------------------------------------
-# Per-photo work (runs in the worker processes, or in-process with one worker)
-
-
 def processing_order(key: str) -> int:
     """Sort key for the work queue: a hash of the photo's key, so photos are fitted in an order
     that is fixed but unrelated to their names. Why: file names often carry attributes (UTKFace's
@@ -264,6 +260,10 @@ def processing_order(key: str) -> int:
     folder; in hash order any prefix is a uniform one. Salted so it is independent of
     ``held_out``'s hash."""
     return int(hashlib.sha1(f"order:{key}".encode("utf-8")).hexdigest()[:12], 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-photo work (runs in the worker processes, or in-process with one worker)
 
 
 def _failure_reason(exc: BaseException) -> str:

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from ganfit.errors import GanfitError, ModelDataError
 from ganfit.fit.reconstruct import resolve_device
-from ganfit.io.atomic import atomic_savez
 from ganfit.texture.detail import (
     DetailConfig,
     DetailNetwork,
@@ -41,7 +40,7 @@ from ganfit.texture.detail import (
     high_pass,
     layout_coordinates,
 )
-from ganfit.texture.gan import FORMAT_VERSION, MAX_EXPORT_BYTES, CoefficientDiscriminator, load_generator
+from ganfit.texture.gan import FORMAT_VERSION, CoefficientDiscriminator, load_generator, write_export
 from ganfit.texture.model import UvTextureSet
 from ganfit.texture.train import (
     _CHECKPOINT_RE,
@@ -364,10 +363,7 @@ def export_with_detail(checkpoint: str | Path, out: str | Path) -> Path:
     info |= {"detail": {k: detail_info[k] for k in ("model", "steps")}}
     arrays |= detail_arrays(network) | {"info": np.array(json.dumps(info)), "version": np.array(FORMAT_VERSION)}
     file.parent.mkdir(parents=True, exist_ok=True)
-    # Compressed: the int8 components shrink 2.6x losslessly (the shipped GAN: 40.6 -> 15.1 MB).
-    atomic_savez(file, arrays, compressed=True)
-    if file.stat().st_size > MAX_EXPORT_BYTES:
-        log.warning("%s is %.1f MB, over the 50 MB shipping limit", file, file.stat().st_size / 2**20)
+    write_export(file, arrays)
     provenance |= {
         "weights": file.name,
         "detail": detail_info | {"exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
