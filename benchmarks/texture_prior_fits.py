@@ -26,7 +26,9 @@ docs' contact sheet is made from the public-domain photos (docs/images/public_ph
 
 Settings are tuned on other photos than the 20, e.g. the default texture prior weight (1e-5) on
 8 fresh UTKFace photos: ``python benchmarks/texture_prior_fits.py FRESH_PHOTOS... --prior ...
---joint texture_prior_weight=W`` for W in 1e-3, 1e-4, 1e-5 (docs/texture-model.md).
+--joint texture_prior_weight=W`` for W in 1e-3, 1e-4, 1e-5, and the texture latent's learning
+rate (0.1) the same way with ``--joint texture_learning_rate=R`` for R in 0.03, 0.1, 0.3
+(docs/texture-model.md, sessions 6 and 7).
 """
 
 from __future__ import annotations
@@ -157,13 +159,15 @@ def main() -> int:
     lines.append(f"{'mean of ' + str(len(rows)):<24} | " + " | ".join(
         f"{mean(n + '_overlay'):14.3f} | {mean(n + '_turned'):6.3f} | {mean(n + '_sharp'):6.2f}" for n in names))
     lines.append("fit seconds (mean): " + ", ".join(f"{n} {mean(n + '_s'):.1f}" for n in names))
-    if len(names) >= 2:
-        a, b = names[0], names[-1]
-        sharper = sum(r[f"{b}_sharp"] > r[f"{a}_sharp"] for r in rows)
-        closer = sum(r[f"{b}_overlay"] <= r[f"{a}_overlay"] for r in rows)
-        lines.append(f"{b} vs {a}: sharper on {sharper}/{len(rows)} photos, overlay distance equal or lower on "
-                     f"{closer}/{len(rows)}; mean overlay {mean(a + '_overlay'):.3f} -> {mean(b + '_overlay'):.3f}, "
-                     f"sharpness {mean(a + '_sharp'):.2f} -> {mean(b + '_sharp'):.2f}")
+    for j, b in enumerate(names):  # every prior against each one listed before it
+        for a in names[:j]:
+            sharper = sum(r[f"{b}_sharp"] > r[f"{a}_sharp"] for r in rows)
+            closer = sum(r[f"{b}_overlay"] <= r[f"{a}_overlay"] for r in rows)
+            turned = sum(r[f"{b}_turned"] <= r[f"{a}_turned"] for r in rows)
+            lines.append(f"{b} vs {a}: sharper on {sharper}/{len(rows)} photos, overlay distance equal or lower on "
+                         f"{closer}/{len(rows)}, turned on {turned}/{len(rows)}; mean overlay "
+                         f"{mean(a + '_overlay'):.3f} -> {mean(b + '_overlay'):.3f}, sharpness "
+                         f"{mean(a + '_sharp'):.2f} -> {mean(b + '_sharp'):.2f}")
     publish(args.name, lines)
     if args.markdown:
         md = ["| photo | " + " | ".join(f"{n}: overlay | {n}: turned 25° | {n}: sharpness" for n in names) + " |",
