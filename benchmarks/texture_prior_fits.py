@@ -19,7 +19,7 @@ docs' contact sheet is made from the public-domain photos (docs/images/public_ph
 
     python benchmarks/texture_prior_fits.py grace_hopper astronaut docs/images/public_photos/*.jpg \\
         --prior pca=pca50.npz --prior gan=texture_gan.npz --name texture-prior-public \\
-        --contact-sheet docs/images/texture_contact_sheet.jpg
+        --contact-sheet docs/images/texture_contact_sheet.png
 
     python benchmarks/texture_prior_fits.py --prior pca=pca50.npz --prior gan=texture_gan.npz \\
         [--markdown FILE.md] [--contact-sheet /tmp/sheet.png]   # (UTKFace: keep it out of git)
@@ -90,7 +90,7 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], path: Path, t
             y = head + r * SHEET_CELL + (SHEET_CELL - cell.height) // 2
             sheet.paste(cell, (x, y))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True, quality=90)  # quality: JPEG only (a sheet of photos: ~5x smaller than PNG)
+    sheet.save(path, optimize=True, quality=90)  # quality: JPEG only; the docs' sheet is a PNG (lossless)
 
 
 def main() -> int:
