@@ -61,10 +61,11 @@ class JointStageSettings:
     random_expression: float = 0.3  # largest random ARKit weight added in the random-pose render
     random_light: float = 0.3  # relative jitter of the random render's light colour and direction
     # With a texture model (FitSettings.texture_model): the latent's Adam rate and prior weight.
-    # 0.1, chosen on the same 8 photos (docs/texture-model.md, session 7): 0.03 left the latent
-    # near where the inversion put it; 0.1 gave both priors closer and sharper fits (GAN overlay
-    # 0.138 -> 0.132, sharpness 0.235 -> 0.316; PCA-96 0.182 -> 0.159, 0.214 -> 0.242), and the
-    # GAN's closest; 0.3 was sharper still but further from the person with the GAN (0.142).
+    # 0.1, chosen on the 8 photos that chose the prior weight below (docs/texture-model.md,
+    # session 7): 0.03 left the latent near where the inversion put it; 0.1 gave both priors
+    # closer and sharper fits (GAN overlay 0.138 -> 0.132, sharpness 0.235 -> 0.316; PCA-96
+    # 0.182 -> 0.159, 0.214 -> 0.242), and the GAN's closest; 0.3 was sharper still but further
+    # from the person with the GAN (0.142).
     texture_learning_rate: float = 0.1
     # eq. 13 for the texture latent (its prior is ~||z||^2). 1e-5, chosen on 8 photos outside the
     # benchmark's 20 (docs/texture-model.md): against 1e-3 it made fits of both priors closer to
