@@ -173,8 +173,8 @@ def main() -> None:
 
     lines = [
         f"Identity network (dlib ResNet, 150x150 -> 128), batch {BATCH}, float32, CPU",
-        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"CPU: {_cpu_name()} ({torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} logical cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         f"1-min load average {load_before:.2f} before, {load_after:.2f} after",
         "",
         f"forward+backward (input gradient), {'fast path' if fast else 'plain layers'}, "

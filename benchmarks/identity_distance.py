@@ -134,12 +134,27 @@ def fit_and_judge(reconstructor: Reconstructor, judge: DlibJudge, photo, pixels:
     return result, seconds, float(np.linalg.norm(overlay - reference)), float(np.linalg.norm(turned - reference))
 
 
+def write_markdown_table(path: Path, table: list[str]) -> None:
+    """Write the table to ``path``; in a file that already holds one (docs/identity-table.md),
+    replace only that table, so the prose around it stays."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    start = next((i for i, line in enumerate(lines) if line.startswith("| photo |")), None)
+    if start is None:
+        lines = table
+    else:
+        end = start
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines = lines[:start] + table + lines[end:]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("photos", nargs="*", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos-limit", type=int, default=None, help="only the first N photos")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here (replacing only the table in a file that has one)")
     parser.add_argument("--save-landmarks", type=Path, default=None, help="write the photos' landmarks here and stop")
     parser.add_argument("--landmarks", type=Path, default=None, help="landmarks saved by --save-landmarks")
     parser.add_argument("--joint", action="append", default=[], metavar="FIELD=VALUE",
@@ -209,7 +224,7 @@ def main() -> int:
         md += [f"| {r['photo']} | {r['lmk_overlay']:.3f} | {r['full_overlay']:.3f} | {r['lmk_turned']:.3f} | {r['full_turned']:.3f} | {r['full_lmk']:.2%} |" for r in rows]
         md.append(f"| **mean of {len(rows)}** | **{mean('lmk_overlay'):.3f}** | **{mean('full_overlay'):.3f}** | "
                   f"**{mean('lmk_turned'):.3f}** | **{mean('full_turned'):.3f}** | {mean('full_lmk'):.2%} |")
-        args.markdown.write_text("\n".join(md) + "\n")
+        write_markdown_table(args.markdown, md)
     return 0 if mean("full_overlay") < 0.5 and mean("full_overlay") < mean("lmk_overlay") else 1
 
 
