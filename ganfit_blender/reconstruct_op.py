@@ -151,8 +151,12 @@ def photo_thumbnail(path: str) -> bpy.types.ImagePreview | None:
 
 
 def request_options(settings: Any) -> dict[str, Any]:
-    """The protocol's ``options`` for the panel's settings: the quality preset and device."""
-    return {**PRESETS[settings.preset], "device": str(settings.device).lower()}
+    """The protocol's ``options`` for the panel's settings: the quality preset, device and
+    texture cleaning."""
+    options = {**PRESETS[settings.preset], "device": str(settings.device).lower()}
+    if settings.clean_texture:
+        options["clean_texture"] = True
+    return options
 
 
 def reconstruct_settings(context: bpy.types.Context) -> GANFIT_PG_reconstruct:
@@ -193,6 +197,12 @@ class GANFIT_PG_reconstruct(bpy.types.PropertyGroup):
             ("MPS", "Apple GPU", "Metal (MPS) on Apple silicon Macs"),
         ],
         default="AUTO",
+    )
+    clean_texture: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Clean texture",
+        description="Outside the face outline keep the photo only where it looks like skin: no background, hats "
+                    "or hair on the ears, temples and scalp (the render over the photo then matches it a little less)",
+        default=False,
     )
     live_mesh: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Live mesh",
@@ -452,6 +462,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     note.label(text="Fast-GANFit and GANFit++: coming later")
     box.prop(settings, "preset")
     box.prop(settings, "device")
+    box.prop(settings, "clean_texture")
     box.prop(settings, "live_mesh")
     if RUN.running:
         box.progress(factor=RUN.fraction, type="BAR", text=RUN.status.removeprefix("GANFit: "))

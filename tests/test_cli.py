@@ -43,6 +43,14 @@ def test_reconstruct_writes_the_result_folder(grace_path: Path, tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name != "grace"]  # no temp folders left
 
 
+def test_clean_texture_option_reaches_the_fit(grace_path: Path, tmp_path: Path):
+    out = tmp_path / "clean"
+    proc = _run(["reconstruct", str(grace_path), "-o", str(out), *FAST, "--clean-texture"])
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads((out / "result.json").read_text())["settings"]
+    assert settings["appearance"]["skin_only_outside_face"] is True
+
+
 def _subcommands() -> list[str]:
     import argparse
 

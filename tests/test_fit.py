@@ -12,7 +12,13 @@ import torch
 from ganfit.fit.pose import HeadPose, axis_angle_to_matrix
 from ganfit.fit.reconstruct import Reconstructor
 from ganfit.fit.settings import AppearanceStageSettings, FitSettings
-from ganfit.fit.texture_projection import mirror_vertex_index, project_photo_to_uv, push_pull_fill
+from ganfit.fit.texture_projection import (
+    inside_outline,
+    mirror_vertex_index,
+    project_photo_to_uv,
+    push_pull_fill,
+    skin_likeness,
+)
 from ganfit.io.images import load_photo
 from ganfit.models.shape_model import load_default_shape_model
 from ganfit.render import MeshRenderer, PointLight
@@ -108,6 +114,49 @@ def test_projection_recovers_the_albedo_of_a_rendered_head():
     assert float(seen.float().mean()) > 0.2  # the face chart, 58% of the square, is mostly seen
     err = (uv.image - texture[0]).abs().mean(0)[seen]
     assert float(err.mean()) < 0.02
+
+
+def test_inside_outline_fades_over_the_feather():
+    square = torch.tensor([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+    points = torch.tensor([[5.0, 5.0], [0.5, 9.5], [11.0, 5.0], [5.0, -1.5], [14.0, 5.0], [-3.0, -3.0]])
+    weight = inside_outline(points, square, feather=2.0)
+    assert torch.allclose(weight, torch.tensor([1.0, 1.0, 0.5, 0.25, 0.0, 0.0]))
+
+
+def test_skin_likeness_tells_skin_from_sky_and_dark_hair():
+    generator = torch.Generator().manual_seed(0)
+    skin = torch.tensor([0.80, 0.55, 0.45]) * (1 + 0.05 * torch.randn(500, 1, generator=generator))
+    skin = skin + 0.01 * torch.randn(500, 3, generator=generator)
+    # Inside the outline also lie eyes, brows and lips: a robust reference ignores them.
+    reference = torch.cat([skin, torch.rand(100, 3, generator=generator)])
+    likeness = skin_likeness(torch.tensor([
+        [0.82, 0.56, 0.46],  # skin
+        [0.60, 0.41, 0.34],  # the same skin in shadow (0.75 x)
+        [0.45, 0.70, 1.00],  # sky
+        [0.20, 0.14, 0.11],  # dark brown hair: skin's hue, a quarter of its brightness
+        [0.93, 0.93, 0.93],  # white wall
+    ]), reference)
+    assert likeness[0] > 0.9 and likeness[1] > 0.9
+    assert likeness[2] == 0 and likeness[3] == 0 and likeness[4] < 0.1
+
+
+def test_clean_texture_keeps_the_background_off_the_head(grace_path: Path, reconstructor: Reconstructor):
+    """grace_hopper's head model reaches past her face onto the blue sky behind her (ears,
+    temples) and her hat: with ``skin_only_outside_face`` the texture loses the sky."""
+    photo = load_photo(grace_path)
+    textures = {}
+    for clean in (False, True):
+        settings = replace(FAST, appearance=replace(FAST.appearance, skin_only_outside_face=clean),
+                           joint=replace(FAST.joint, steps=0))
+        textures[clean] = Reconstructor(settings, detector=reconstructor.detector).reconstruct_photo(photo).texture
+    def sky(texture: np.ndarray) -> int:
+        rgb = texture.astype(np.float32) / 255
+        return int((rgb[..., 2] > rgb[..., 0] + 0.1).sum())
+    assert sky(textures[False]) > 500
+    assert sky(textures[True]) < 0.2 * sky(textures[False])
+    # Inside the face the two agree: the cleaning touches only what lies outside its outline.
+    centre = (slice(40, 110), slice(80, 176))
+    assert np.abs(textures[True][centre].astype(int) - textures[False][centre]).mean() < 3
 
 
 def test_full_reconstruction_result(grace_path: Path, reconstructor: Reconstructor):

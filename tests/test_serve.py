@@ -138,6 +138,7 @@ def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_p
         ({"type": "reconstruct", "id": "e2", "photos": ["COFFEE"], "output": "OUT"}, "no face"),
         ({"type": "reconstruct", "id": "e3", "photos": ["GRACE"], "output": "OUT", "options": {"colour": 1}}, "unknown option"),
         ({"type": "reconstruct", "id": "e4", "photos": [], "output": "OUT"}, "photos"),
+        ({"type": "reconstruct", "id": "e7", "photos": ["GRACE"], "output": "OUT", "options": {"clean_texture": "yes"}}, "true or false"),
         ({"type": "frobnicate", "id": "e5"}, "unknown request type"),
         ({"type": "reconstruct", "id": "e6", "photos": ["GRACE"], "output": "OUT", "mode": "fast"}, "not available yet"),
     ],

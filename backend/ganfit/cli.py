@@ -49,6 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--lighting-steps", type=int, default=None, help="lighting-stage steps (default 80)")
     rec.add_argument("--lr", type=float, default=None, help="landmark-stage Adam learning rate (default 0.02)")
     rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 512; the face fills 58%% of it)")
+    rec.add_argument("--clean-texture", action="store_true",
+                     help="outside the face outline keep the photo only where it looks like skin: no background, "
+                          "hats or hair on ears, temples and scalp (dlib finds the render a little less like the photo)")
     rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rec.add_argument("--face", type=int, default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")
@@ -146,6 +149,8 @@ def _settings(args: argparse.Namespace):
         if args.texture_size < 16 or args.texture_size > 4096:
             raise GanfitError(f"--texture-size {args.texture_size}: choose between 16 and 4096")
         appearance = replace(appearance, texture_size=args.texture_size)
+    if args.clean_texture:
+        appearance = replace(appearance, skin_only_outside_face=True)
     joint = replace(base.joint, **_loss_weights(args.loss_weight))
     if args.fit_steps is not None:
         joint = replace(joint, steps=args.fit_steps)

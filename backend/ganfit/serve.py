@@ -61,7 +61,7 @@ def _settings_from_options(options: dict[str, Any]):
     """FitSettings from a request's ``options`` (the CLI's names; unknown keys are an error)."""
     from .fit.settings import FitSettings
 
-    known = {"steps", "lighting_steps", "fit_steps", "lr", "texture_size", "seed", "device", "face"}
+    known = {"steps", "lighting_steps", "fit_steps", "lr", "texture_size", "seed", "device", "face", "clean_texture"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise GanfitError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -70,6 +70,8 @@ def _settings_from_options(options: dict[str, Any]):
     for key, value in options.items():
         if key in ("steps", "lighting_steps", "fit_steps", "texture_size", "seed", "face") and not isinstance(value, int):
             raise GanfitError(f"option {key}: expected a whole number, got {value!r}")
+    if "clean_texture" in options and not isinstance(options["clean_texture"], bool):
+        raise GanfitError(f"option clean_texture: expected true or false, got {options['clean_texture']!r}")
     if "steps" in options:
         landmark = replace(landmark, steps=max(1, options["steps"]))
     if "lr" in options:
@@ -80,6 +82,8 @@ def _settings_from_options(options: dict[str, Any]):
         joint = replace(joint, steps=max(0, options["fit_steps"]))
     if "texture_size" in options:
         appearance = replace(appearance, texture_size=min(4096, max(16, options["texture_size"])))
+    if "clean_texture" in options:
+        appearance = replace(appearance, skin_only_outside_face=options["clean_texture"])
     return FitSettings(
         landmark=landmark,
         appearance=appearance,

@@ -125,6 +125,9 @@ def test_panel_settings_become_engine_options(addon, photos: dict[str, Path]) ->
     assert addon.request_options(settings) == {"steps": 600, "lighting_steps": 160, "fit_steps": 150, "texture_size": 2048, "device": "cuda"}
     settings.preset, settings.device = "DEFAULT", "AUTO"
     assert addon.request_options(settings) == {"device": "auto"}
+    settings.clean_texture = True
+    assert addon.request_options(settings) == {"device": "auto", "clean_texture": True}
+    settings.clean_texture = False
     assert [i.identifier for i in settings.bl_rna.properties["mode"].enum_items] == ["GANFIT"]
     thumbnail = addon.photo_thumbnail(str(photos["grace_hopper"]))
     assert thumbnail is not None and max(thumbnail.image_size) > 0  # decoded (icons need a window)

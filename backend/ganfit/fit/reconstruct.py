@@ -30,7 +30,7 @@ from ..render import MeshRenderer
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
 from .appearance_stage import FaceCrop, fit_lighting
-from .joint_stage import fit_joint, prepare_target, refine_texture
+from .joint_stage import FACE_OUTLINE, fit_joint, prepare_target, refine_texture
 from .landmark_stage import LandmarkFit, fit_landmarks
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
@@ -239,7 +239,8 @@ class Reconstructor:
                                             align_corners=False, antialias=decoded.shape[-1] > app.texture_size)
                 texture = UVTexture(image=decoded[0].clamp(0, 1), confidence=torch.ones_like(decoded[0, :1]))
             else:
-                texture = self._texture(pixels, vertices, camera, light, size=app.texture_size)
+                outlines = [f.landmarks[FACE_OUTLINE] for f in faces] if app.skin_only_outside_face else None
+                texture = self._texture(pixels, vertices, camera, light, size=app.texture_size, outlines=outlines)
             errors = _landmark_errors(self.model, vertices, camera, photos, faces)
             width, height = photos[0].size
             render = self.renderer(vertices[:1], texture.image[None], camera.view(0), light.view(0), height, width)
@@ -294,12 +295,17 @@ class Reconstructor:
         log.info("%s: reconstructed in %.1f s", ", ".join(p.name for p in photos), time.perf_counter() - started)
         return result
 
-    def _texture(self, pixels: list[torch.Tensor], vertices: torch.Tensor, camera: Camera, light: PointLight, size: int):
-        """The photos projected into UV with their shading divided out, merged (eq. 14)."""
+    def _texture(
+        self, pixels: list[torch.Tensor], vertices: torch.Tensor, camera: Camera, light: PointLight, size: int,
+        outlines: list[np.ndarray] | None = None,
+    ) -> UVTexture:
+        """The photos projected into UV with their shading divided out, merged (eq. 14); with
+        ``outlines`` (each photo's face outline), skin only outside them."""
         textures = [
             project_photo_to_uv(
                 px, vertices[i], self.model.faces, self.model.uvs, self.model.uv_faces,
                 camera.view(i), self.mirror_index, size, light.view(i),
+                outline=None if outlines is None else torch.as_tensor(outlines[i], dtype=px.dtype, device=px.device),
             )
             for i, px in enumerate(pixels)
         ]

@@ -5,6 +5,14 @@ plus a facing weight) it takes the photo's colour; where it is hidden it takes t
 mirror point on the other half of the face, if that one is visible; what neither reaches is
 filled from its surroundings by push-pull. Dividing by the fitted shading turns the photo's
 colour into an albedo estimate, so the lit render reproduces the photo instead of shading twice.
+
+Outside the face's outline (ears, temples, scalp, neck) the model's surface often lands on
+something that is not the person's skin: background, hair, a hat, a collar (the head model is
+bald, and its ears rarely sit exactly over the photo's). Given the photo's outline, texels there
+keep the photo's colour only as far as it looks like the skin inside the outline, and are
+filled from their surroundings otherwise (``skin_only_outside``): no sky-blue ears. Opt-in
+(``AppearanceStageSettings.skin_only_outside_face``, ``--clean-texture``): dlib finds such
+renders a little less like the photo (docs/fitting.md).
 """
 
 from __future__ import annotations
@@ -81,8 +89,9 @@ def _sample_photo(photo: Tensor, xy: Tensor) -> Tensor:
 
 def _observe(
     photo: Tensor, depth_map: Tensor, camera: Camera, points: Tensor, normals: Tensor, light: PointLight | None
-) -> tuple[Tensor, Tensor]:
-    """Colour (albedo if a light is given) and weight (N,) of surface points seen in the photo."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Colour (albedo if a light is given), weight (N,) and photo position (N, 2) of surface
+    points seen in the photo."""
     _, h, w = photo.shape
     screen = camera.project(points[None], w, h)[0]
     x, y, z = screen.unbind(-1)
@@ -99,7 +108,47 @@ def _observe(
     colour = _sample_photo(photo, torch.stack([x, y], -1))
     if light is not None:
         colour = colour / shading(points, normals, light).clamp_min(0.05)
-    return colour.clamp(0, 1), weight
+    return colour.clamp(0, 1), weight, torch.stack([x, y], -1)
+
+
+def inside_outline(xy: Tensor, outline: Tensor, feather: float) -> Tensor:
+    """(N,) 1 for points (N, 2) inside the closed polygon ``outline`` (K, 2), falling linearly to
+    0 at ``feather`` pixels outside it."""
+    a, b = outline, outline.roll(-1, 0)  # edges a -> b
+    # Even-odd rule: count the edges a ray to +x crosses.
+    ya, yb = a[:, 1][None], b[:, 1][None]
+    y = xy[:, 1:2]
+    spans = (ya > y) != (yb > y)
+    cross_x = a[:, 0][None] + (y - ya) / (yb - ya).where(spans, torch.ones_like(yb)) * (b[:, 0] - a[:, 0])[None]
+    inside = ((spans & (xy[:, 0:1] < cross_x)).sum(-1) % 2) == 1
+    # Distance to the nearest edge.
+    edge = b - a
+    t = (((xy[:, None, :] - a[None]) * edge[None]).sum(-1) / (edge**2).sum(-1).clamp_min(1e-12)[None]).clamp(0, 1)
+    distance = (xy[:, None, :] - (a[None] + t[..., None] * edge[None])).norm(dim=-1).min(-1).values
+    outside = (1 - distance / max(feather, 1e-6)).clamp(0, 1)
+    return torch.where(inside, torch.ones_like(outside), outside)
+
+
+def skin_likeness(colour: Tensor, reference: Tensor) -> Tensor:
+    """(N,) in [0, 1]: how much albedo colours (N, 3) look like the skin samples ``reference``
+    (M, 3). Compares chromaticity (within 1.5 robust standard deviations of the samples'
+    median counts as skin, beyond 2.5 not: filling a skin texel costs little, keeping a patch of
+    background shows) and brightness (within a factor 2 counts, beyond 3.5 not: dark hair has
+    skin's hue but not its brightness)."""
+    def chroma(c: Tensor) -> Tensor:
+        return c[:, :2] / c.sum(-1, keepdim=True).clamp_min(1e-3)
+
+    def log_lum(c: Tensor) -> Tensor:
+        return c.mean(-1).clamp_min(1e-3).log()
+
+    ref_chroma = chroma(reference)
+    centre = ref_chroma.median(0).values
+    spread = 1.4826 * (ref_chroma - centre).abs().median(0).values + 0.005
+    distance = ((chroma(colour) - centre) / spread).norm(dim=-1)
+    hue = (1 - (distance - 1.5) / 1.0).clamp(0, 1)
+    brightness = (log_lum(colour) - log_lum(reference).median()).abs()
+    light = (1 - (brightness - 0.69) / (1.25 - 0.69)).clamp(0, 1)
+    return hue * light
 
 
 @torch.no_grad()
@@ -113,10 +162,13 @@ def project_photo_to_uv(
     mirror_index: Tensor,
     size: int = 512,
     light: PointLight | None = None,
+    outline: Tensor | None = None,
 ) -> UVTexture:
     """Project photo (3, H, W) onto the mesh (V, 3) seen by ``camera`` (batch 1) into UV space.
 
-    With ``light``, the fitted shading is divided out, giving an albedo estimate.
+    With ``light``, the fitted shading is divided out, giving an albedo estimate. With
+    ``outline`` (K, 2), the face's outline in photo pixels, texels seen outside it keep the photo
+    only where it looks like the skin inside it (see the module docstring).
     """
     _, h, w = photo.shape
     frags = rasterize(camera.project(vertices[None], w, h), faces, h, w, cull_backfaces=True)
@@ -129,8 +181,10 @@ def project_photo_to_uv(
     mirror_p = interpolate(texels, vertices[mirror_index][None], faces)
     mirror_n = interpolate(texels, normals[mirror_index][None], faces)
 
-    own_c, own_w = _observe(photo, depth_map, camera, own_p, own_n, light)
-    mir_c, mir_w = _observe(photo, depth_map, camera, mirror_p, mirror_n, light)
+    own_c, own_w, own_xy = _observe(photo, depth_map, camera, own_p, own_n, light)
+    mir_c, mir_w, mir_xy = _observe(photo, depth_map, camera, mirror_p, mirror_n, light)
+    if outline is not None:
+        own_w, mir_w = skin_only_outside(outline, own_c, own_w, own_xy, mir_c, mir_w, mir_xy)
     mir_w = mir_w * (1 - own_w)
     total = own_w + mir_w
     colour = (own_c * own_w[:, None] + mir_c * mir_w[:, None]) / total.clamp_min(1e-8)[:, None]
@@ -141,6 +195,24 @@ def project_photo_to_uv(
     coverage = float((conf > 0).float().mean())
     log.debug("UV projection: %.1f%% of texels observed", 100 * coverage)
     return UVTexture(image=filled.clamp(0, 1), confidence=conf)
+
+
+def skin_only_outside(
+    outline: Tensor, own_c: Tensor, own_w: Tensor, own_xy: Tensor, mir_c: Tensor, mir_w: Tensor, mir_xy: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The texels' weights with observations outside ``outline`` scaled by their skin likeness
+    (the reference: texels seen well inside the outline; left alone when there are too few)."""
+    outline = outline.to(own_xy)
+    feather = 0.02 * float((outline.max(0).values - outline.min(0).values).max())
+    own_in = inside_outline(own_xy, outline, feather)
+    reference = own_c[(own_in >= 1) & (own_w > 0.5)]
+    if reference.shape[0] < 100:
+        log.debug("UV projection: %d skin samples inside the outline; nothing masked", reference.shape[0])
+        return own_w, mir_w
+    mir_in = inside_outline(mir_xy, outline, feather)
+    own_w = own_w * (own_in + (1 - own_in) * skin_likeness(own_c, reference))
+    mir_w = mir_w * (mir_in + (1 - mir_in) * skin_likeness(mir_c, reference))
+    return own_w, mir_w
 
 
 def frags_to_image(texels: Fragments, values: Tensor, size: int) -> Tensor:
