@@ -38,7 +38,7 @@ from ganfit.face.detection import FaceDetector, default_detector, find_face
 from ganfit.face.recognition import default_model_path
 from ganfit.fit.joint_stage import random_view
 from ganfit.fit.reconstruct import Reconstructor
-from ganfit.fit.settings import FitSettings, JointStageSettings
+from ganfit.fit.settings import AppearanceStageSettings, FitSettings, JointStageSettings
 from ganfit.io.images import load_photo
 from ganfit.io.result import Reconstruction
 from ganfit.io.samples import SAMPLE_PHOTOS, sample_photo
@@ -136,11 +136,11 @@ def fit_and_judge(reconstructor: Reconstructor, judge: DlibJudge, photo, pixels:
 
 def write_markdown_table(path: Path, table: list[str]) -> None:
     """Write the table to ``path``; in a file that already holds one (docs/identity-table.md),
-    replace only that table, so the prose around it stays."""
+    replace only that table, so the prose around it stays; to any other existing file, append it."""
     lines = path.read_text().splitlines() if path.is_file() else []
     start = next((i for i, line in enumerate(lines) if line.startswith("| photo |")), None)
     if start is None:
-        lines = table
+        lines = lines + ([""] if lines else []) + table
     else:
         end = start
         while end < len(lines) and lines[end].startswith("|"):
@@ -154,11 +154,14 @@ def main() -> int:
     parser.add_argument("photos", nargs="*", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos-limit", type=int, default=None, help="only the first N photos")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here (replacing only the table in a file that has one)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here (replacing only the table in a file that has one, "
+                             "else appended)")
     parser.add_argument("--save-landmarks", type=Path, default=None, help="write the photos' landmarks here and stop")
     parser.add_argument("--landmarks", type=Path, default=None, help="landmarks saved by --save-landmarks")
     parser.add_argument("--joint", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a JointStageSettings field (tuning, ablations), e.g. --joint steps=120")
+    parser.add_argument("--clean-texture", action="store_true",
+                        help="the final texture keeps only skin outside the face outline (reconstruct --clean-texture)")
     parser.add_argument("--name", default="identity", help="results file name (benchmarks/results/NAME.txt)")
     args = parser.parse_args()
     photos = choose_photos(args.photos, default_photos(), args.photos_limit, "identity_distance")
@@ -175,7 +178,8 @@ def main() -> int:
         current: dict[str, np.ndarray] = {}
         detector = FaceDetector(landmarker=lambda pixels, box: current["landmarks"])
 
-    full_settings = FitSettings(device=args.device, joint=joint_settings(args.joint))
+    appearance = AppearanceStageSettings(skin_only_outside_face=args.clean_texture)
+    full_settings = FitSettings(device=args.device, joint=joint_settings(args.joint), appearance=appearance)
     landmark_settings = replace(full_settings, joint=replace(full_settings.joint, steps=0))
     reconstructor = Reconstructor(full_settings, detector=detector)
     judge = DlibJudge()
@@ -203,7 +207,7 @@ def main() -> int:
     lines = [
         f"dlib descriptor distance to the photo (dlib's same-person threshold {SAME_PERSON}); landmark-only fit vs full objective",
         f"device {reconstructor.device} ({torch.get_num_threads()} threads); full objective: {full_settings.joint.steps} steps"
-        f"{' (' + ', '.join(args.joint) + ')' if args.joint else ''}; "
+        f"{' (' + ', '.join(args.joint) + ')' if args.joint else ''}{'; clean texture' if args.clean_texture else ''}; "
         f"landmarks {'from ' + args.landmarks.name if args.landmarks else 'by dlib'}",
         header,
         "-" * len(header),

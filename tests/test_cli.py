@@ -143,7 +143,10 @@ def test_unwritable_output_location(grace_path: Path, tmp_path: Path, capsys):
     _one_line_error(capsys.readouterr().err, "file")
 
 
-@pytest.mark.parametrize("args,needle", [(["--steps", "0"], "--steps"), (["--face", "-1"], "--face"), (["--texture-size", "5"], "--texture-size")])
+@pytest.mark.parametrize("args,needle", [
+    (["--steps", "0"], "--steps"), (["--face", "-1"], "--face"), (["--texture-size", "5"], "--texture-size"),
+    (["--clean-texture", "--texture-model", "gan"], "--clean-texture"),
+])
 def test_bad_settings(grace_path: Path, tmp_path: Path, capsys, args, needle):
     assert main(["reconstruct", str(grace_path), "-o", str(tmp_path / "out"), *args]) == 2
     _one_line_error(capsys.readouterr().err, needle)

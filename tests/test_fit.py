@@ -15,6 +15,7 @@ from ganfit.fit.settings import AppearanceStageSettings, FitSettings
 from ganfit.fit.texture_projection import (
     inside_outline,
     mirror_vertex_index,
+    outline_weight,
     project_photo_to_uv,
     push_pull_fill,
     skin_likeness,
@@ -121,6 +122,24 @@ def test_inside_outline_fades_over_the_feather():
     points = torch.tensor([[5.0, 5.0], [0.5, 9.5], [11.0, 5.0], [5.0, -1.5], [14.0, 5.0], [-3.0, -3.0]])
     weight = inside_outline(points, square, feather=2.0)
     assert torch.allclose(weight, torch.tensor([1.0, 1.0, 0.5, 0.25, 0.0, 0.0]))
+    # Concave (a U open at the top, like the jaw below the brows' notch), and rays through corners.
+    u_shape = torch.tensor([[0.0, 0.0], [30.0, 0.0], [30.0, 30.0], [20.0, 30.0], [20.0, 10.0],
+                            [10.0, 10.0], [10.0, 30.0], [0.0, 30.0]])
+    points = torch.tensor([[5.0, 20.0], [15.0, 20.0], [25.0, 5.0], [15.0, 5.0], [-5.0, 10.0], [15.0, 10.0]])
+    weight = inside_outline(points, u_shape, feather=4.0)
+    assert torch.allclose(weight, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]))
+
+
+def test_outline_weight_interpolates_the_exact_test():
+    generator = torch.Generator().manual_seed(1)
+    angles = torch.linspace(0, 2 * torch.pi, 28)[:-1]
+    radius = 100 + 20 * torch.rand(27, generator=generator)  # a bumpy, face-sized outline
+    outline = torch.stack([300 + radius * angles.cos(), 250 + 1.3 * radius * angles.sin()], -1)
+    points = torch.rand(20000, 2, generator=generator) * torch.tensor([600.0, 500.0])
+    exact, fast = inside_outline(points, outline, 5.0), outline_weight(points, outline, 5.0)
+    assert float((exact - fast).abs().max()) < 0.15  # a grid step is a quarter of the feather
+    assert float((exact - fast).abs().mean()) < 1e-3
+    assert bool(((exact == 1) == (fast > 0.999))[(exact == 1) | (exact == 0)].float().mean() > 0.99)
 
 
 def test_skin_likeness_tells_skin_from_sky_and_dark_hair():

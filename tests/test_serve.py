@@ -154,6 +154,13 @@ def test_errors_are_events_and_the_engine_keeps_serving(engine: Engine, request_
     assert engine.next()["busy"] is False
 
 
+def test_clean_texture_option_sets_the_appearance_setting():
+    from ganfit.serve import _settings_from_options
+
+    assert _settings_from_options({"clean_texture": True}).appearance.skin_only_outside_face is True
+    assert _settings_from_options({}).appearance.skin_only_outside_face is False
+
+
 def test_malformed_line_and_shutdown():
     e = Engine()
     assert e.next()["type"] == "ready"

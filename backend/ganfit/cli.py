@@ -150,6 +150,9 @@ def _settings(args: argparse.Namespace):
             raise GanfitError(f"--texture-size {args.texture_size}: choose between 16 and 4096")
         appearance = replace(appearance, texture_size=args.texture_size)
     if args.clean_texture:
+        if args.texture_model not in (None, "projected"):
+            raise GanfitError("--clean-texture cleans the photo projected onto the head; "
+                              "a texture model makes its own texture: drop one of the two")
         appearance = replace(appearance, skin_only_outside_face=True)
     joint = replace(base.joint, **_loss_weights(args.loss_weight))
     if args.fit_steps is not None:
