@@ -309,7 +309,9 @@ def info_dict() -> dict[str, Any]:
     from .fit.reconstruct import TEXTURE_MODEL
     from .models.shape_model import DEFAULT_MODEL_FILE, load_default_shape_model
 
-    devices = ["cpu"]
+    # The CPU's kernel level and threads, which reports of speed need: the identity network
+    # takes 10 ms with AVX-512 kernels and 14 ms with AVX2 ones on the same CPU (docs/fitting.md).
+    devices = [f"cpu ({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads)"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
