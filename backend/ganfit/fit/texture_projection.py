@@ -28,6 +28,9 @@ from ..render import Camera, Fragments, PointLight, interpolate, rasterize, vert
 
 log = logging.getLogger(__name__)
 
+#: How far ``skin_only_outside`` pulls the face outline toward its centre (a fraction).
+OUTLINE_SHRINK = 0.1
+
 
 @dataclass(frozen=True)
 class UVTexture:
@@ -219,8 +222,14 @@ def skin_only_outside(
     outline: Tensor, own_c: Tensor, own_w: Tensor, own_xy: Tensor, mir_c: Tensor, mir_w: Tensor, mir_xy: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The texels' weights with observations outside ``outline`` scaled by their skin likeness
-    (the reference: texels seen well inside the outline; left alone when there are too few)."""
+    (the reference: texels seen well inside the outline; left alone when there are too few).
+
+    The outline is first shrunk toward its centre by ``OUTLINE_SHRINK``: dlib's jaw points often
+    sit a few pixels outside the jaw, over the background, and the band between must be tested.
+    """
     outline = outline.to(own_xy)
+    centre = outline.mean(0)
+    outline = centre + (outline - centre) * (1 - OUTLINE_SHRINK)
     feather = 0.02 * float((outline.max(0).values - outline.min(0).values).max())
     own_in = outline_weight(own_xy, outline, feather)
     reference = own_c[(own_in > 0.999) & (own_w > 0.5)]
