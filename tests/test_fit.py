@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ganfit.face.detection import find_face
 from ganfit.fit.pose import HeadPose, axis_angle_to_matrix
 from ganfit.fit.reconstruct import Reconstructor
 from ganfit.fit.settings import AppearanceStageSettings, FitSettings
@@ -19,6 +20,7 @@ from ganfit.fit.texture_projection import (
     project_photo_to_uv,
     push_pull_fill,
     skin_likeness,
+    skin_outline,
 )
 from ganfit.io.images import load_photo
 from ganfit.models.shape_model import load_default_shape_model
@@ -157,6 +159,20 @@ def test_skin_likeness_tells_skin_from_sky_and_dark_hair():
     ]), reference)
     assert likeness[0] > 0.9 and likeness[1] > 0.9
     assert likeness[2] == 0 and likeness[3] == 0 and likeness[4] < 0.1
+
+
+def test_skin_outline_pulls_the_jaw_in_and_raises_the_brows(face_detector):
+    from ganfit.io.samples import sample_photo
+
+    landmarks = find_face(load_photo(sample_photo("grace_hopper")), None, face_detector).landmarks
+    outline = skin_outline(landmarks)
+    assert outline.shape == (27, 2)
+    centre = landmarks.mean(0)
+    jaw_before = np.linalg.norm(landmarks[:17] - centre, axis=1)
+    assert np.allclose(np.linalg.norm(outline[:17] - centre, axis=1), 0.9 * jaw_before, rtol=1e-4)
+    height = landmarks[8, 1] - landmarks[17:27, 1].mean()
+    assert np.allclose(outline[17:, 1], landmarks[26:16:-1, 1] - 0.1 * height, atol=1e-3)
+    assert np.allclose(outline[17:, 0], landmarks[26:16:-1, 0], atol=1e-3)
 
 
 def test_clean_texture_keeps_the_background_off_the_head(grace_path: Path, reconstructor: Reconstructor):

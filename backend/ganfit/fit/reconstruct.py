@@ -30,11 +30,11 @@ from ..render import MeshRenderer
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
 from .appearance_stage import FaceCrop, fit_lighting
-from .joint_stage import FACE_OUTLINE, fit_joint, prepare_target, refine_texture
+from .joint_stage import fit_joint, prepare_target, refine_texture
 from .landmark_stage import LandmarkFit, fit_landmarks
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
-from .texture_projection import UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv
+from .texture_projection import UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv, skin_outline
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Reconstructor:
                                             align_corners=False, antialias=decoded.shape[-1] > app.texture_size)
                 texture = UVTexture(image=decoded[0].clamp(0, 1), confidence=torch.ones_like(decoded[0, :1]))
             else:
-                outlines = [f.landmarks[FACE_OUTLINE] for f in faces] if app.skin_only_outside_face else None
+                outlines = [skin_outline(f.landmarks) for f in faces] if app.skin_only_outside_face else None
                 texture = self._texture(pixels, vertices, camera, light, size=app.texture_size, outlines=outlines)
             errors = _landmark_errors(self.model, vertices, camera, photos, faces)
             width, height = photos[0].size

@@ -31,8 +31,8 @@ class AppearanceStageSettings:
     # With True the final texture keeps the photo outside the face's outline (ears, temples,
     # scalp, neck) only where it looks like the skin inside it; elsewhere (background, hair,
     # hats) it is filled from the surroundings (fit/texture_projection.py). Off by default: on
-    # the 22 identity photos dlib found the renders less like the photos (overlay 0.115 vs
-    # 0.084, turned 25 degrees 0.318 vs 0.307; docs/fitting.md).
+    # the 22 identity photos dlib found the renders less like the photos (overlay 0.103 vs
+    # 0.084, turned 25 degrees 0.314 vs 0.307; docs/fitting.md).
     skin_only_outside_face: bool = False
     light_prior_weight: float = 0.01
 

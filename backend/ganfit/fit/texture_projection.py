@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,8 +29,10 @@ from ..render import Camera, Fragments, PointLight, interpolate, rasterize, vert
 
 log = logging.getLogger(__name__)
 
-#: How far ``skin_only_outside`` pulls the face outline toward its centre (a fraction).
-OUTLINE_SHRINK = 0.1
+#: ``skin_outline``: how far the jaw points move toward the face's centre, and the brows up
+#: (fractions of the distances to the centre and of the brow-to-chin height).
+JAW_PULL = 0.1
+BROW_RAISE = 0.1
 
 
 @dataclass(frozen=True)
@@ -218,18 +221,29 @@ def project_photo_to_uv(
     return UVTexture(image=filled.clamp(0, 1), confidence=conf)
 
 
+def skin_outline(landmarks: np.ndarray) -> np.ndarray:
+    """(27, 2) the polygon inside which ``skin_only_outside`` trusts the photo, from dlib's 68
+    landmarks: the jaw (0-16) pulled ``JAW_PULL`` toward the face's centre, since dlib's jaw
+    points often sit a few pixels outside the jaw, over the background (a white crescent of it
+    along obama3's jaw otherwise); then the brows (26 back to 17) raised by ``BROW_RAISE`` of
+    the brow-to-chin height, since the brow points run along the brows' middle and their upper
+    half would otherwise be tested, found darker than skin and filled."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    jaw, brows = points[0:17], points[26:16:-1]
+    centre = points.mean(0)
+    jaw = centre + (jaw - centre) * (1 - JAW_PULL)
+    height = float(points[8, 1] - points[17:27, 1].mean())
+    brows = brows - np.array([0.0, BROW_RAISE * height])
+    return np.concatenate([jaw, brows]).astype(np.float32)
+
+
 def skin_only_outside(
     outline: Tensor, own_c: Tensor, own_w: Tensor, own_xy: Tensor, mir_c: Tensor, mir_w: Tensor, mir_xy: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """The texels' weights with observations outside ``outline`` scaled by their skin likeness
-    (the reference: texels seen well inside the outline; left alone when there are too few).
-
-    The outline is first shrunk toward its centre by ``OUTLINE_SHRINK``: dlib's jaw points often
-    sit a few pixels outside the jaw, over the background, and the band between must be tested.
-    """
+    """The texels' weights with observations outside ``outline`` (``skin_outline``) scaled by
+    their skin likeness (the reference: texels seen well inside the outline; left alone when
+    there are too few)."""
     outline = outline.to(own_xy)
-    centre = outline.mean(0)
-    outline = centre + (outline - centre) * (1 - OUTLINE_SHRINK)
     feather = 0.02 * float((outline.max(0).values - outline.min(0).values).max())
     own_in = outline_weight(own_xy, outline, feather)
     reference = own_c[(own_in > 0.999) & (own_w > 0.5)]
