@@ -171,8 +171,9 @@ def skin_likeness(colour: Tensor, reference: Tensor) -> Tensor:
     distance = ((chroma(colour) - centre) / spread).norm(dim=-1)
     hue = (1 - (distance - 1.5) / 1.0).clamp(0, 1)
     brightness = (log_lum(colour) - log_lum(reference).median()).abs()
-    light = (1 - (brightness - 0.69) / (1.25 - 0.69)).clamp(0, 1)
-    return hue * light
+    # log 2 and log 3.5: within a factor 2 of the skin's brightness counts, beyond 3.5 not.
+    bright = (1 - (brightness - 0.69) / (1.25 - 0.69)).clamp(0, 1)
+    return hue * bright
 
 
 @torch.no_grad()
