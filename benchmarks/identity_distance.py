@@ -154,8 +154,8 @@ def main() -> int:
     parser.add_argument("photos", nargs="*", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos-limit", type=int, default=None, help="only the first N photos")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table here (replacing only the table in a file that has one, "
-                             "else appended)")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also write a Markdown table here (replacing only the table in a file that has one, else appended)")
     parser.add_argument("--save-landmarks", type=Path, default=None, help="write the photos' landmarks here and stop")
     parser.add_argument("--landmarks", type=Path, default=None, help="landmarks saved by --save-landmarks")
     parser.add_argument("--joint", action="append", default=[], metavar="FIELD=VALUE",

@@ -48,6 +48,7 @@ from ganfit.errors import InputImageError, ModelDataError, NoFaceError
 from ganfit.io.images import Photo
 
 __all__ = [
+    "FACE_OUTLINE",
     "MIN_FACE_BOX_PX",
     "MIN_INTEROCULAR_PX",
     "NUM_LANDMARKS",
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 NUM_LANDMARKS = 68
 #: iBUG 68-point indices of the outer eye corners: 36 on the image left (the subject's right eye), 45.
 OUTER_EYE_CORNERS = (36, 45)
+#: iBUG indices outlining the face: the jaw (0-16), then the brows back from right to left.
+FACE_OUTLINE = list(range(17)) + list(range(26, 16, -1))
 
 #: Smallest face accepted by ``find_face``. Below ~40 px dlib's HOG detector needs >2x upsampling
 #: (its window is 80 px) and becomes unreliable, the 68-point predictor's errors grow past several

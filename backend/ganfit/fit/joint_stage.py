@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..face.alignment import ChipWarp, Window, crop_window, extract_chips
+from ..face.detection import FACE_OUTLINE
 from ..models.shape_model import ShapeModel
 from ..render import Camera, MeshRenderer, PointLight
 from .appearance_stage import light_from_direction
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
     from ..texture.model import TextureModel
 
 log = logging.getLogger(__name__)
-
-# iBUG indices outlining the face: the jaw (0-16), then the brows back from right to left.
-FACE_OUTLINE = list(range(17)) + list(range(26, 16, -1))
 
 
 def face_region(landmarks: np.ndarray, window: Window, size: int, photo_size: tuple[int, int]) -> Tensor:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..face.detection import FACE_OUTLINE
 from ..render import Camera, Fragments, PointLight, interpolate, rasterize, vertex_normals
 
 log = logging.getLogger(__name__)
@@ -230,12 +231,11 @@ def skin_outline(landmarks: np.ndarray) -> np.ndarray:
     the brow-to-chin height, since the brow points run along the brows' middle and their upper
     half would otherwise be tested, found darker than skin and filled."""
     points = np.asarray(landmarks, dtype=np.float64)
-    jaw, brows = points[0:17], points[26:16:-1]
+    outline = points[FACE_OUTLINE]  # jaw (17 points), then brows
     centre = points.mean(0)
-    jaw = centre + (jaw - centre) * (1 - JAW_PULL)
-    height = float(points[8, 1] - points[17:27, 1].mean())
-    brows = brows - np.array([0.0, BROW_RAISE * height])
-    return np.concatenate([jaw, brows]).astype(np.float32)
+    outline[:17] = centre + (outline[:17] - centre) * (1 - JAW_PULL)
+    outline[17:, 1] -= BROW_RAISE * float(points[8, 1] - points[17:27, 1].mean())
+    return outline.astype(np.float32)
 
 
 def skin_only_outside(
@@ -252,8 +252,10 @@ def skin_only_outside(
         log.debug("UV projection: %d skin samples inside the outline; nothing masked", reference.shape[0])
         return own_w, mir_w
     mir_in = outline_weight(mir_xy, outline, feather)
-    own_w = own_w * (own_in + (1 - own_in) * skin_likeness(own_c, reference))
-    mir_w = mir_w * (mir_in + (1 - mir_in) * skin_likeness(mir_c, reference))
+    # One call for both, so the reference's medians are taken once.
+    own_skin, mir_skin = skin_likeness(torch.cat([own_c, mir_c]), reference).split([len(own_c), len(mir_c)])
+    own_w = own_w * (own_in + (1 - own_in) * own_skin)
+    mir_w = mir_w * (mir_in + (1 - mir_in) * mir_skin)
     return own_w, mir_w
 
 
