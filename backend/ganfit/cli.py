@@ -8,7 +8,9 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import signal
 import logging
 import platform
 import sys
@@ -18,6 +20,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import GanfitError
+from .settings import LOSS_TERMS
 
 log = logging.getLogger("ganfit")
 
@@ -26,7 +29,19 @@ EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-def _build_parser() -> argparse.ArgumentParser:
+#: The texture prior's tools (issue 5): their module under ganfit.texture and one-line help.
+#: Their modules import torch, so only the one whose command is given is imported: a usage
+#: error or ``--help`` answers in a fraction of a second instead of after loading torch.
+TOOLS = {
+    "texture-dataset": ("dataset", "build a UV texture set (albedo + confidence maps) from a folder of face photos"),
+    "texture-pca": ("pca", "fit the PCA texture model (paper eq. 1) on a UV texture folder"),
+    "train-texture": ("train", "train the UV texture GAN (docs/texture-model.md)"),
+    "train-texture-detail": ("detail_train", "train the detail stage of a PCA-latent texture GAN"),
+}
+
+
+def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; of the texture tools, only the one ``argv`` names is loaded in full."""
     parser = argparse.ArgumentParser(prog="ganfit", description="3D face reconstruction from photos (Fast-GANFit).")
     parser.add_argument("--version", action="version", version=f"ganfit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,21 +54,23 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--each", action="store_true",
                      help="fit every photo on its own into OUT/<photo name>/ instead of one person from all")
     rec.add_argument("--force", action="store_true", help="replace an existing result folder")
-    rec.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
-    rec.add_argument("--steps", type=int, default=None, help="landmark-stage steps (default 300)")
-    rec.add_argument("--fit-steps", type=int, default=None,
+    # Values are kept as typed and checked by ganfit.settings, the rules the protocol uses too.
+    rec.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    rec.add_argument("--steps", default=None, help="landmark-stage steps (default 300)")
+    rec.add_argument("--fit-steps", default=None,
                      help="full-objective steps (default 60; 0 = landmark-only fit)")
-    rec.add_argument("--fit-lr", type=float, default=None, help="full-objective Adam learning rate (default 0.01)")
+    rec.add_argument("--fit-lr", default=None, help="full-objective Adam learning rate (default 0.01)")
     rec.add_argument("--loss-weight", action="append", default=[], metavar="TERM=W",
-                     help="weight of one term of the objective, 0 switches it off; terms: " + ", ".join(LOSS_TERMS))
-    rec.add_argument("--lighting-steps", type=int, default=None, help="lighting-stage steps (default 80)")
-    rec.add_argument("--lr", type=float, default=None, help="landmark-stage Adam learning rate (default 0.02)")
-    rec.add_argument("--texture-size", type=int, default=None, help="UV texture size in pixels (default 512; the face fills 58%% of it)")
-    rec.add_argument("--clean-texture", action="store_true",
+                     help="weight of one term of the objective, 0 to 1e6, 0 switches it off; terms: "
+                          + ", ".join(LOSS_TERMS))
+    rec.add_argument("--lighting-steps", default=None, help="lighting-stage steps (default 80)")
+    rec.add_argument("--lr", default=None, help="landmark-stage Adam learning rate (default 0.02)")
+    rec.add_argument("--texture-size", default=None, help="UV texture size in pixels (default 512; the face fills 58%% of it)")
+    rec.add_argument("--clean-texture", action="store_true", default=None,
                      help="outside the face outline keep the photo only where it looks like skin: no background, "
                           "hats or hair on ears, temples and scalp (dlib finds the render a little less like the photo)")
-    rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    rec.add_argument("--face", type=int, default=None, metavar="N",
+    rec.add_argument("--seed", default=None, help="random seed, 0 to 4294967295 (default 0)")
+    rec.add_argument("--face", default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")
     rec.add_argument("--shape-model", type=Path, default=None, metavar="FILE",
                      help="another 3DMM: BFM 2017 (.h5) or FLAME (.pkl/.npz); see docs/shape-models.md")
@@ -63,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="texture model: 'gan' (the GAN that ships with ganfit), 'projected' (no model: the "
                           "photo projected into UV) or a GAN/PCA .npz file (docs/texture-model.md); with a model "
                           "the texture is its fitted latent code")
-    rec.add_argument("--texture-refine-steps", type=int, default=None, metavar="N",
+    rec.add_argument("--texture-refine-steps", default=None, metavar="N",
                      help="with --texture-model: refine the UV map itself for N steps after the fit "
                           "(the paper's optional last step; off by default, reported separately)")
     rec.add_argument("--identity-model", type=Path, default=None, metavar="ONNX",
@@ -76,104 +93,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="JSON-lines protocol on stdin/stdout for the Blender add-on (docs/protocol.md)")
 
-    # The texture prior's tools (issue 5): building the UV set, the PCA model, the GAN.
-    from .texture import dataset, detail_train, pca, train
-
-    dataset.register(sub)
-    pca.register(sub, "texture-pca")
-    train.register(sub, "train-texture")
-    detail_train.register(sub, "train-texture-detail")
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in words if not word.startswith("-")), None)
+    for name, (module, help_text) in TOOLS.items():
+        if name == command:
+            importlib.import_module(f".texture.{module}", __package__).register(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
 
     info = sub.add_parser("info", help="versions, devices and where each model comes from")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
 
-#: CLI names of the objective's terms -> JointStageSettings fields.
-LOSS_TERMS = {
-    "identity": "identity_weight",
-    "random-pose": "random_pose_weight",
-    "content": "content_weight",
-    "pixel": "pixel_weight",
-    "landmark": "landmark_weight",
-    "identity-prior": "identity_prior_weight",
-    "expression-prior": "expression_prior_weight",
-    "light-prior": "light_prior_weight",
-    "texture-prior": "texture_prior_weight",
-}
-
-
-def _loss_weights(items: list[str]) -> dict[str, float]:
-    """``TERM=W`` options -> JointStageSettings field values."""
-    weights: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in LOSS_TERMS:
-            raise GanfitError(f"--loss-weight {item}: expected TERM=W with TERM one of {', '.join(LOSS_TERMS)}")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise GanfitError(f"--loss-weight {item}: {value!r} is not a number") from None
-        if not weight >= 0 or weight == float("inf"):
-            raise GanfitError(f"--loss-weight {item}: weights are finite numbers >= 0 (0 switches the term off)")
-        weights[LOSS_TERMS[name]] = weight
-    return weights
-
-
-def _check_positive(name: str, value: int | float | None) -> None:
-    if value is not None and value <= 0:
-        raise GanfitError(f"{name} {value}: must be a positive number")
-
-
 def _settings(args: argparse.Namespace):
-    from .errors import ModelDataError
-    from .fit.settings import FitSettings
-    from .texture.model import resolve_texture_model
+    """FitSettings from the flags, by the rules the protocol's options follow (ganfit.settings)."""
+    from .settings import OPTIONS, build_settings, parse_loss_weights
 
-    for name in ("--steps", "--lighting-steps", "--lr", "--texture-size", "--fit-lr"):
-        _check_positive(name, getattr(args, name.lstrip("-").replace("-", "_")))
-    if args.fit_steps is not None and args.fit_steps < 0:
-        raise GanfitError(f"--fit-steps {args.fit_steps}: must be 0 (landmark-only) or more")
-    if args.face is not None and args.face < 0:
-        raise GanfitError(f"--face {args.face}: faces are numbered from 0 (the largest)")
-    base = FitSettings()
-    landmark = base.landmark
-    if args.steps is not None:
-        landmark = replace(landmark, steps=args.steps)
-    if args.lr is not None:
-        landmark = replace(landmark, learning_rate=args.lr)
-    appearance = base.appearance
-    if args.lighting_steps is not None:
-        appearance = replace(appearance, steps=args.lighting_steps)
-    if args.texture_size is not None:
-        if args.texture_size < 16 or args.texture_size > 4096:
-            raise GanfitError(f"--texture-size {args.texture_size}: choose between 16 and 4096")
-        appearance = replace(appearance, texture_size=args.texture_size)
-    if args.clean_texture:
-        if args.texture_model not in (None, "projected"):
-            raise GanfitError("--clean-texture cleans the photo projected onto the head; "
-                              "a texture model makes its own texture: drop one of the two")
-        appearance = replace(appearance, skin_only_outside_face=True)
-    joint = replace(base.joint, **_loss_weights(args.loss_weight))
-    if args.fit_steps is not None:
-        joint = replace(joint, steps=args.fit_steps)
-    if args.fit_lr is not None:
-        joint = replace(joint, learning_rate=args.fit_lr)
-    if args.texture_refine_steps is not None:
-        if args.texture_refine_steps < 0 or args.texture_model in (None, "projected"):
-            raise GanfitError("--texture-refine-steps: give a number >= 0, together with --texture-model FILE")
-        joint = replace(joint, texture_refine_steps=args.texture_refine_steps)
-    texture_model = FitSettings().texture_model
-    if args.texture_model is not None:
-        try:
-            texture_model = resolve_texture_model(args.texture_model)
-        except ModelDataError as exc:
-            raise GanfitError(f"--texture-model gan: {exc}") from exc
-        if texture_model is not None and not Path(texture_model).is_file():
-            raise GanfitError(f"--texture-model {args.texture_model}: file not found; give 'gan', 'projected' "
-                              "or the path of a texture model .npz")
-    return FitSettings(landmark=landmark, appearance=appearance, joint=joint, seed=args.seed, device=args.device,
-                       face_index=args.face, texture_model=texture_model)
+    given: dict[str, Any] = {key: getattr(args, key) for key in OPTIONS}
+    given.update(device=args.device, clean_texture=args.clean_texture, texture_model=args.texture_model)
+    if args.loss_weight:
+        given["loss_weights"] = parse_loss_weights(args.loss_weight)
+    return build_settings(given, "cli")
 
 
 def _shape_model(args: argparse.Namespace):
@@ -211,11 +152,17 @@ def _backends(args: argparse.Namespace, device: str) -> dict[str, Any]:
     return chosen
 
 
+def _folder_name(photo: Path) -> str:
+    """A photo's name as a folder name inside OUT: never '', '.', '..' or hidden ('...jpg')."""
+    name = photo.stem.lstrip(".").strip() or photo.name.lstrip(".").strip()
+    return name or "photo"
+
+
 def _outputs(photos: list[Path], output: Path) -> list[Path]:
     """One photo writes OUT itself; with --each, several write OUT/<photo name>/ each."""
     if len(photos) == 1:
         return [output]
-    names = [p.stem for p in photos]
+    names = [_folder_name(p) for p in photos]
     outs = []
     for photo, name in zip(photos, names):
         unique = name if names.count(name) == 1 else f"{name}-{photo.suffix.lstrip('.')}"
@@ -404,9 +351,22 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, a closing terminal, a service manager) stops like Ctrl-C: the atomic
+    writer removes its temporary and leaves no partial result (issue 16)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (main() called from a library's worker)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = _build_parser(argv)
     args = parser.parse_args(argv)
+    _stop_on_sigterm()
     verbose = getattr(args, "verbose", False)
     # Logs always go to stderr: in `serve`, stdout carries only protocol events.
     logging.basicConfig(

@@ -27,3 +27,8 @@ class OutputError(GanfitError):
 
 class ModelDataError(GanfitError):
     """A model file is missing or malformed."""
+
+
+class FitDivergedError(GanfitError):
+    """An optimisation ran away (a loss became infinite or NaN, or rose instead of falling):
+    a setting, usually a learning rate or a loss weight, is too large."""

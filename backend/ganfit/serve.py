@@ -16,11 +16,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import sys
 import threading
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Iterator
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -47,7 +49,7 @@ class Cancelled(Exception):
 
 
 class _Job:
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str | int):
         self.id = job_id
         self.cancel = threading.Event()
         self.stage = "queued"
@@ -57,86 +59,211 @@ class _Job:
         self.topology_sent = False
 
 
-def _settings_from_options(options: dict[str, Any]):
-    """FitSettings from a request's ``options`` (the CLI's names; unknown keys are an error)."""
-    from .fit.settings import FitSettings
+def _settings_from_options(options: Any):
+    """FitSettings from a request's ``options``: the command line's rules (ganfit.settings)."""
+    from .settings import build_settings
 
-    known = {"steps", "lighting_steps", "fit_steps", "lr", "texture_size", "seed", "device", "face", "clean_texture"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise GanfitError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    base = FitSettings()
-    landmark, appearance, joint = base.landmark, base.appearance, base.joint
-    for key, value in options.items():
-        if key in ("steps", "lighting_steps", "fit_steps", "texture_size", "seed", "face") and not isinstance(value, int):
-            raise GanfitError(f"option {key}: expected a whole number, got {value!r}")
-    if "clean_texture" in options and not isinstance(options["clean_texture"], bool):
-        raise GanfitError(f"option clean_texture: expected true or false, got {options['clean_texture']!r}")
-    if "steps" in options:
-        landmark = replace(landmark, steps=max(1, options["steps"]))
-    if "lr" in options:
-        landmark = replace(landmark, learning_rate=float(options["lr"]))
-    if "lighting_steps" in options:
-        appearance = replace(appearance, steps=max(1, options["lighting_steps"]))
-    if "fit_steps" in options:
-        joint = replace(joint, steps=max(0, options["fit_steps"]))
-    if "texture_size" in options:
-        appearance = replace(appearance, texture_size=min(4096, max(16, options["texture_size"])))
-    if "clean_texture" in options:
-        appearance = replace(appearance, skin_only_outside_face=options["clean_texture"])
-    return FitSettings(
-        landmark=landmark,
-        appearance=appearance,
-        joint=joint,
-        seed=options.get("seed", 0),
-        device=str(options.get("device", "cpu")),
-        face_index=options.get("face"),
-    )
+    return build_settings(options, "protocol")
+
+
+#: Longest request line read whole. Requests are a few hundred bytes; a longer line is
+#: answered with an error and skipped to its end, so no line can exhaust memory.
+MAX_LINE_BYTES = 1 << 20
+
+
+class RequestError(ValueError):
+    """A line that is not a request this protocol can read."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RequestError(f"{text} is too large for a number")
+    return value
+
+
+def parse_request(line: bytes | str) -> dict[str, Any]:
+    """One request line as a dict; anything else (bad UTF-8, bad JSON, NaN or 1e400, nesting
+    too deep for the parser, not an object) is a ``RequestError`` with a one-line reason."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        request = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise RequestError("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, RequestError, int too long to convert
+        raise RequestError(str(exc).splitlines()[0][:200]) from None
+    if not isinstance(request, dict):
+        raise RequestError(f"a JSON {type(request).__name__}, not an object")
+    return request
+
+
+def _request_id(request: dict[str, Any]) -> str | int | None:
+    """The request's ``id`` (a string or whole number, echoed as sent); None when absent."""
+    value = request.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or len(str(value)) > 200:
+        raise GanfitError("'id' must be a string or a whole number of at most 200 characters")
+    return value
+
+
+def _same_id(a: str | int | None, b: str | int | None) -> bool:
+    """Ids match by their text: a client may cancel job "7" as 7."""
+    return a is not None and b is not None and str(a) == str(b)
+
+
+def _flag(request: dict[str, Any], key: str) -> bool:
+    value = request.get(key, False)
+    if not isinstance(value, bool):
+        raise GanfitError(f"'{key}' must be true or false, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _path(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise GanfitError(f"{what} must be a non-empty path string")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class _JobSpec:
+    """A reconstruct request, checked: what the worker needs and nothing it must re-check."""
+
+    photo: str
+    output: Path
+    force: bool
+    mesh_updates: bool
+    settings: Any  # FitSettings
+
+
+def _job_spec(request: dict[str, Any]) -> _JobSpec:
+    """Check a reconstruct request's fields, options and output folder up front, so a bad
+    request costs milliseconds and is answered while the engine stays free."""
+    from .io.result import check_output_folder
+
+    photos = request.get("photos")
+    if not isinstance(photos, list) or len(photos) != 1:
+        raise GanfitError("'photos' must be a list with one photo path (several photos of one person come later)")
+    photo = _path(photos[0], "'photos' entry")
+    output = Path(_path(request.get("output"), "'output' (the result folder to write)"))
+    force = _flag(request, "force")
+    mode = request.get("mode", "ganfit")
+    if mode in PLANNED_MODES:
+        raise GanfitError(f"mode {mode!r} is not available yet; use 'ganfit'")
+    if mode not in MODES:
+        raise GanfitError(f"unknown mode {json.dumps(mode)[:40]}; use 'ganfit'")
+    options = request.get("options")
+    settings = _settings_from_options({} if options is None else options)
+    check_output_folder(output, force=force)
+    return _JobSpec(photo, output, force, _flag(request, "mesh_updates"), settings)
 
 
 class Server:
     """Reads requests, runs one reconstruction at a time, writes events."""
 
-    def __init__(self, stdin: TextIO, stdout: TextIO):
-        self._in = stdin
+    def __init__(self, stdin: BinaryIO | TextIO, stdout: TextIO):
+        # Bytes when there are any: invalid UTF-8 is then an error event, whatever the locale.
+        self._in = getattr(stdin, "buffer", stdin)
         self._out = stdout
         self._lock = threading.Lock()
         self._job: _Job | None = None
         self._worker: threading.Thread | None = None
         self._reconstructors: dict[Any, Any] = {}
+        self._closed = False
 
     def emit(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), allow_nan=False, default=str)
+        """Write one event line; NaN losses go out as null. A client that has gone away ends
+        the server quietly (the next read sees end of input)."""
+        try:
+            line = json.dumps(event, separators=(",", ":"), allow_nan=False, default=str)
+        except ValueError:
+            line = json.dumps(_finite(event), separators=(",", ":"), allow_nan=False, default=str)
         with self._lock:
-            self._out.write(line + "\n")
-            self._out.flush()
+            if self._closed:
+                return
+            try:
+                self._out.write(line + "\n")
+                self._out.flush()
+            except (BrokenPipeError, ValueError, OSError) as exc:  # ValueError: stream closed
+                self._closed = True
+                log.info("client gone (%s); stopping", exc)
+
+    def _lines(self) -> Iterator[bytes | str | None]:
+        """Request lines, each at most MAX_LINE_BYTES; None for a longer one (skipped)."""
+        while not self._closed:
+            line = self._in.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            newline = b"\n" if isinstance(line, bytes) else "\n"
+            if len(line) > MAX_LINE_BYTES and not line.endswith(newline):
+                while True:  # drop the rest of the over-long line without holding it
+                    rest = self._in.readline(MAX_LINE_BYTES)
+                    if not rest or rest.endswith(newline):
+                        break
+                yield None
+                continue
+            yield line
 
     def run(self) -> int:
         self.emit({"type": "ready", "protocol": PROTOCOL_VERSION, "version": __version__})
-        for raw in self._in:
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                request = json.loads(raw)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
-                self.emit({"type": "error", "id": None, "message": f"not a JSON object request ({exc}); send one JSON object per line"})
-                continue
-            if not self._handle(request):
-                break
+        try:
+            for line in self._lines():
+                if not self._serve_line(line):
+                    break
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: cancel the job, say bye, exit
+            log.info("interrupted; stopping")
         self._shutdown()
         return 0
 
+    def _serve_line(self, line: bytes | str | None) -> bool:
+        """Answer one line; False once it asked to shut down. No line can end the server."""
+        if line is None:
+            self.emit({"type": "error", "id": None, "message": f"request line longer than {MAX_LINE_BYTES} bytes; "
+                                                              "send one short JSON object per line"})
+            return True
+        if not line.strip():
+            return True
+        try:
+            request = parse_request(line)
+        except RequestError as exc:
+            self.emit({"type": "error", "id": None,
+                       "message": f"not a JSON object request ({exc}); send one JSON object per line"})
+            return True
+        try:
+            return self._handle(request)
+        except GanfitError as exc:
+            self.emit({"type": "error", "id": _echo_id(request), "message": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - a bug: report it, keep serving, log the traceback
+            log.exception("request failed")
+            self.emit({"type": "error", "id": _echo_id(request),
+                       "message": f"internal error ({type(exc).__name__}); please report it with the log"})
+        return True
+
     def _handle(self, request: dict[str, Any]) -> bool:
         kind = request.get("type")
-        job_id = request.get("id")
+        job_id = _request_id(request)
         if kind == "reconstruct":
-            self._start(request)
+            self._start(request, job_id)
         elif kind == "cancel":
             job = self._job
-            if job is not None and (job_id is None or job_id == job.id):
+            if job is not None and (job_id is None or _same_id(job_id, job.id)):
                 job.cancel.set()
             else:
                 self.emit({"type": "error", "id": job_id, "message": "nothing to cancel: no reconstruction with that id is running"})
@@ -150,20 +277,22 @@ class Server:
         elif kind == "shutdown":
             return False
         else:
-            self.emit({"type": "error", "id": job_id, "message": f"unknown request type {kind!r}; use reconstruct, cancel, status or shutdown"})
+            shown = json.dumps(kind)[:40] if isinstance(kind, (str, int, float, bool, type(None))) else type(kind).__name__
+            self.emit({"type": "error", "id": job_id, "message": f"unknown request type {shown}; use reconstruct, cancel, status or shutdown"})
         return True
 
-    def _start(self, request: dict[str, Any]) -> None:
-        job_id = str(request.get("id") or "")
-        if not job_id:
+    def _start(self, request: dict[str, Any], job_id: str | int | None) -> None:
+        if job_id is None or job_id == "":
             self.emit({"type": "error", "id": None, "message": "a reconstruct request needs an 'id' to tag its events"})
             return
         if self._job is not None:
             self.emit({"type": "error", "id": job_id, "message": f"busy with reconstruction {self._job.id}; cancel it or wait for its 'done'"})
             return
+        spec = _job_spec(request)  # a bad request is refused here, before the worker starts
         job = _Job(job_id)
+        job.mesh_updates = spec.mesh_updates
         self._job = job
-        self._worker = threading.Thread(target=self._reconstruct, args=(job, request), name=f"reconstruct-{job_id}", daemon=True)
+        self._worker = threading.Thread(target=self._reconstruct, args=(job, spec), name=f"reconstruct-{job_id}", daemon=True)
         self._worker.start()
 
     def _reconstructor(self, settings):
@@ -175,26 +304,11 @@ class Server:
             self._reconstructors[key] = Reconstructor(settings)
         return self._reconstructors[key]
 
-    def _reconstruct(self, job: _Job, request: dict[str, Any]) -> None:
-        from .io.result import check_output_folder, write_result
+    def _reconstruct(self, job: _Job, spec: _JobSpec) -> None:
+        from .io.result import write_result
 
         try:
-            photos = request.get("photos")
-            output = request.get("output")
-            if not isinstance(photos, list) or len(photos) != 1 or not isinstance(photos[0], str):
-                raise GanfitError("'photos' must be a list with one photo path (several photos of one person come later)")
-            if not isinstance(output, str) or not output:
-                raise GanfitError("'output' must be the path of the result folder to write")
-            force = bool(request.get("force", False))
-            mode = request.get("mode", "ganfit")
-            if mode in PLANNED_MODES:
-                raise GanfitError(f"mode {mode!r} is not available yet; use 'ganfit'")
-            if mode not in MODES:
-                raise GanfitError(f"unknown mode {mode!r}; use 'ganfit'")
-            job.mesh_updates = bool(request.get("mesh_updates", False))
-            settings = _settings_from_options(request.get("options") or {})
-            check_output_folder(Path(output), force=force)
-            reconstructor = self._reconstructor(settings)
+            reconstructor = self._reconstructor(spec.settings)
 
             def progress(event) -> None:
                 if job.cancel.is_set():
@@ -206,10 +320,10 @@ class Server:
                 if job.mesh_updates and vertices is not None:
                     self._emit_mesh(job, reconstructor, event.stage, event.step, vertices)
 
-            result = reconstructor.reconstruct(photos[0], progress=progress)
+            result = reconstructor.reconstruct(spec.photo, progress=progress)
             if job.cancel.is_set():
                 raise Cancelled()
-            folder = write_result(result, Path(output), force=force)
+            folder = write_result(result, spec.output, force=spec.force)
             final = {"type": "done", "id": job.id, "result": str(folder), "landmark_error_iod": result.landmark_error_iod}
         except Cancelled:
             final = {"type": "cancelled", "id": job.id}
@@ -217,7 +331,9 @@ class Server:
             final = {"type": "error", "id": job.id, "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a bug: report it, keep serving, log the traceback
             log.exception("reconstruction %s failed", job.id)
-            final = {"type": "error", "id": job.id, "message": f"internal error ({type(exc).__name__}: {exc}); please report it with the log"}
+            final = {"type": "error", "id": job.id,
+                     "message": f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                "please report it with the log"}
         # Free the slot before the final event, so a request sent on seeing it finds us idle.
         self._job = None
         self.emit(final)
@@ -242,7 +358,15 @@ class Server:
         self.emit({"type": "bye"})
 
 
-def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def _echo_id(request: dict[str, Any]) -> str | int | None:
+    """The request's id for an error event, or None when the id itself is what is wrong."""
+    try:
+        return _request_id(request)
+    except GanfitError:
+        return None
+
+
+def serve(stdin: BinaryIO | TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     """Run the protocol on the given streams until 'shutdown' or end of input."""
     return Server(stdin, stdout).run()
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..render import Camera, MeshRenderer, PointLight
-from .optim import Adam
+from .optim import Adam, check_finite_loss
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import AppearanceStageSettings
 
@@ -88,6 +88,8 @@ def fit_lighting(
             ambient.clamp_(0.0, 4.0)
             albedo.clamp_(0.01, 1.0)
         losses.append(float(loss.detach()))
+        check_finite_loss("lighting stage", step, losses[-1],
+                          "the photo's face region may be empty or corrupt; try another photo, or report it with the photo")
         coverage = float(weight.sum() / mask_total)
         progress(ProgressEvent("lighting", step + 1, settings.steps, {"pixel": float(pixel.detach()), "coverage": coverage}))
     with torch.no_grad():

@@ -34,7 +34,7 @@ from ..render import Camera, MeshRenderer, PointLight
 from .appearance_stage import light_from_direction
 from .landmark_stage import interocular
 from .losses import coefficient_prior, content_loss, identity_loss, landmark_loss, pixel_loss
-from .optim import Adam
+from .optim import Adam, check_finite_loss
 from .pose import HeadPose, axis_angle_to_matrix
 from .progress import MESH_EVERY, ProgressEvent, ProgressFn, no_progress
 from .settings import JointStageSettings
@@ -151,6 +151,12 @@ def random_view(camera: Camera, centre: Tensor, yaw: float, pitch: float) -> Cam
 
     up = (camera.up[:, None, :] @ rot.transpose(-1, -2))[:, 0]
     return Camera(position=turn(camera.position), look_at=turn(camera.look_at), up=up, focal=camera.focal)
+
+
+def _lower_fit(settings: JointStageSettings) -> str:
+    """What to do about a runaway full-objective fit: its learning rate or a loss weight."""
+    return (f"lower the full-objective learning rate (--fit-lr, the protocol's fit_lr; now {settings.learning_rate:g}, "
+            f"default {JointStageSettings.learning_rate:g}) or the loss weights you raised")
 
 
 def fit_joint(
@@ -292,6 +298,7 @@ def fit_joint(
             lights.ambient.clamp_(0.0, 4.0)
         values = {k: float(v.detach().mean()) for k, v in terms.items()}
         values["total"] = float(total.detach())
+        check_finite_loss("full-objective fit", step, values["total"], _lower_fit(s))
         for k in names:
             history[k].append(values.get(k, 0.0))
         mesh = None
@@ -401,6 +408,7 @@ def refine_texture(
         total.backward()
         optimiser.step()
         values = {"pixel": float(pixel.detach().mean()), "identity": float(ident.detach().mean()), "total": float(total.detach())}
+        check_finite_loss("texture refinement", step, values["total"], _lower_fit(settings))
         for key, value in values.items():
             history[key].append(value)
         progress(ProgressEvent("refine", step + 1, settings.texture_refine_steps, values))

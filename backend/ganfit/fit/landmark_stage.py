@@ -17,8 +17,15 @@ from torch import Tensor
 from ..face.detection import OUTER_EYE_CORNERS
 from ..models.shape_model import ShapeModel
 from .pose import HeadPose, initial_pose
-from .optim import Adam
+from .optim import Adam, check_finite_loss, check_loss_fell
 from .progress import MESH_EVERY, ProgressEvent, ProgressFn, no_progress
+from .settings import LandmarkStageSettings
+
+
+def _lower_lr(settings: LandmarkStageSettings) -> str:
+    """What to do about a runaway landmark stage: its learning rate is the only lever."""
+    return (f"lower the landmark-stage learning rate (--lr, the protocol's lr; now {settings.learning_rate:g}, "
+            f"default {LandmarkStageSettings.learning_rate:g})")
 from .settings import LandmarkStageSettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,7 @@ def fit_landmarks(
             expression.clamp_(model.expression_min.to(dtype), model.expression_max.to(dtype))
             identity.clamp_(-3.0, 3.0)
         losses.append(float(loss.detach()))
+        check_finite_loss("landmark stage", step, losses[-1], _lower_lr(settings))
         mesh = None
         if (step + 1) % MESH_EVERY == 0 or step + 1 == settings.steps:
             with torch.no_grad():
@@ -103,6 +111,7 @@ def fit_landmarks(
         terms = {"landmark": float(data.detach()), "prior": float(prior.detach())}
         progress(ProgressEvent("landmarks", step + 1, settings.steps, terms, vertices=mesh))
 
+    check_loss_fell("landmark stage", losses, _lower_lr(settings))
     with torch.no_grad():
         points = model.vertices(identity.expand(batch, -1) * id_std, expression, indices=index)
         projected = pose.camera().project(points, width, height)[..., :2]
