@@ -173,3 +173,71 @@ def test_photos_of_one_person_fail_together(grace_path: Path, coffee_path: Path,
     assert proc.returncode == 2
     _one_line_error(proc.stderr, "coffee")
     assert not (tmp_path / "out").exists()
+
+
+# --- hardening (issue 16) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", str(2**70)], "--seed"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
+    (["--lr", "1e10"], "--lr"), (["--loss-weight", "identity=1e300"], "--loss-weight identity"),
+    (["--fit-lr", "-1"], "--fit-lr"), (["--device", "gpu"], "--device"),
+])
+def test_bad_values_are_refused_before_any_work(grace_path: Path, tmp_path: Path, capsys, args, needle):
+    """These were accepted and failed only after the whole fit, or with a traceback."""
+    assert main(["reconstruct", str(grace_path), "-o", str(tmp_path / "out"), *args]) == 2
+    _one_line_error(capsys.readouterr().err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_diverging_fit_stops_and_names_the_setting(grace_path: Path, tmp_path: Path):
+    """--lr 1 sent the head 53% of the eye distance off the photo and wrote it as a result; the
+    landmark stage now sees its loss rise 3x and stops with the setting to lower."""
+    proc = _run(["reconstruct", str(grace_path), "-o", str(tmp_path / "out"), *FAST, "--lr", "1"])
+    assert proc.returncode == 2
+    _one_line_error(proc.stderr, "diverged", "--lr", "now 1")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_non_finite_loss_stops_the_stage():
+    from ganfit.errors import FitDivergedError
+    from ganfit.fit.optim import check_finite_loss, check_loss_fell
+
+    check_finite_loss("landmark stage", 3, 0.5, "lower --lr")
+    with pytest.raises(FitDivergedError, match="step 4 .*nan.*lower --lr"):
+        check_finite_loss("landmark stage", 3, float("nan"), "lower --lr")
+    check_loss_fell("landmark stage", [1.0, 0.5, 2.9], "lower --lr")
+    with pytest.raises(FitDivergedError, match="rose from 1 to 3.5"):
+        check_loss_fell("landmark stage", [1.0, 0.5, 3.5], "lower --lr")
+
+
+def test_each_keeps_every_result_inside_out(tmp_path: Path):
+    """A photo named '...jpg' mapped to OUT/.. (outside OUT); '.hidden.jpg' to a hidden folder."""
+    from ganfit.cli import _outputs
+
+    out = tmp_path / "out"
+    photos = [Path("...jpg"), Path(".hidden.jpg"), Path("a.jpg"), Path("a.png"), Path(".jpg")]
+    outputs = _outputs(photos, out)
+    assert len(set(outputs)) == len(photos)
+    for folder in outputs:
+        assert folder.parent == out and not folder.name.startswith(".") and folder.name not in ("", "..")
+
+
+def test_sigterm_stops_like_ctrl_c(grace_path: Path, tmp_path: Path):
+    """SIGTERM used to kill the process mid-fit with no message; now it stops like Ctrl-C."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ganfit", "reconstruct", str(grace_path), "-o", str(out),
+                             "--steps", "5000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "landmarks" not in seen and time.monotonic() < deadline:  # the bar reached the fit
+        seen += proc.stderr.read(1)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert "interrupted; no partial result was written" in stderr and "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.iterdir())

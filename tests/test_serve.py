@@ -131,6 +131,19 @@ def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_p
     assert not [p for p in tmp_path.iterdir()]
 
 
+def test_cancel_by_an_integer_id(engine: Engine, grace_path: Path, tmp_path: Path):
+    """A job sent with id 7 is cancelled by id 7 (and its events carry 7): events used to carry
+    "7", a cancel of 7 answered 'nothing to cancel', and the job ran on (issue 16)."""
+    out = tmp_path / "int-id"
+    engine.send({"type": "reconstruct", "id": 7, "photos": [str(grace_path)], "output": str(out),
+                 "options": {"steps": 100000}})
+    event = engine.next(skip_progress=False)
+    assert event["type"] == "progress" and event["id"] == 7
+    engine.send({"type": "cancel", "id": 7})
+    assert engine.next() == {"type": "cancelled", "id": 7}
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "request_,needle",
     [
@@ -141,6 +154,17 @@ def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_p
         ({"type": "reconstruct", "id": "e7", "photos": ["GRACE"], "output": "OUT", "options": {"clean_texture": "yes"}}, "true or false"),
         ({"type": "frobnicate", "id": "e5"}, "unknown request type"),
         ({"type": "reconstruct", "id": "e6", "photos": ["GRACE"], "output": "OUT", "mode": "fast"}, "not available yet"),
+        # Issue 16, class 6: each of these said "internal error" or was silently accepted.
+        ({"type": "reconstruct", "id": "e8", "photos": ["GRACE"], "output": "OUT", "options": [1]}, "options must be"),
+        ({"type": "reconstruct", "id": "e9", "photos": ["GRACE"], "output": "OUT", "options": "fast please"}, "options must be"),
+        ({"type": "reconstruct", "id": "e10", "photos": ["GRACE"], "output": "OUT", "options": {"lr": "abc"}}, "option lr"),
+        ({"type": "reconstruct", "id": "e11", "photos": ["GRACE"], "output": "OUT", "options": {"lr": None}}, "option lr"),
+        ({"type": "reconstruct", "id": "e12", "photos": ["GRACE"], "output": "OUT", "options": {"seed": 2**70}}, "option seed"),
+        ({"type": "reconstruct", "id": "e13", "photos": ["GR\u0000ACE"], "output": "OUT"}, "path"),
+        ({"type": "reconstruct", "id": "e14", "photos": ["GRACE"], "output": "OUT", "options": {"steps": -5}}, "option steps"),
+        ({"type": "reconstruct", "id": "e15", "photos": ["GRACE"], "output": "OUT", "options": {"steps": True}}, "option steps"),
+        ({"type": "reconstruct", "id": "e16", "photos": ["GRACE"], "output": "OUT", "options": {"lr": -1}}, "option lr"),
+        ({"type": "reconstruct", "id": "e17", "photos": ["GRACE"], "output": "OUT", "force": "false"}, "'force'"),
     ],
 )
 def test_errors_are_events_and_the_engine_keeps_serving(engine: Engine, request_, needle, grace_path, coffee_path, tmp_path):
