@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import export_ops, expressions, preferences, reconstruct_op, result_reader, scene_import
+from . import export_ops, expressions, preferences, reconstruct_op, result_reader, result_storage, scene_import
 
 if TYPE_CHECKING:
     from bpy.stub_internal.rna_enums import OperatorReturnItems
@@ -127,9 +127,11 @@ def register() -> None:
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.TOPBAR_MT_file_import.append(_menu_import)
+    result_storage.register()
 
 
 def unregister() -> None:
+    result_storage.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import bpy
 import bpy.utils.previews
 from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
 
-from . import result_reader, scene_import
+from . import result_reader, result_storage, scene_import
 from .engine_client import EngineClient, EngineError
 from .live_preview import LivePreview, PreviewError
 from .preferences import engine_python
@@ -117,22 +116,6 @@ def shutdown_engine() -> None:
 
 
 atexit.register(shutdown_engine)
-
-
-def output_folder(photo: Path) -> Path:
-    """A new result folder: under ``ganfit_results`` next to the saved .blend, else under
-    Blender's temporary folder; never an existing one."""
-    if bpy.data.filepath:
-        base = Path(bpy.path.abspath("//")) / "ganfit_results"
-    else:
-        base = Path(bpy.app.tempdir or "/tmp") / "ganfit_results"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", photo.stem) or "face"
-    candidate, n = base / stem, 1
-    while candidate.exists():
-        n += 1
-        candidate = base / f"{stem}_{n}"
-    base.mkdir(parents=True, exist_ok=True)
-    return candidate
 
 
 def photo_thumbnail(path: str) -> bpy.types.ImagePreview | None:
@@ -245,7 +228,7 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         try:
             client = engine_client(context)
             assert client is not None
-            output = output_folder(photo)
+            output = result_storage.new_result_folder(photo)
             job = uuid.uuid4().hex[:12]
             client.send({
                 "type": "reconstruct", "id": job, "photos": [str(photo)], "output": str(output),
