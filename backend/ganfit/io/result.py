@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import re
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,14 @@ import numpy as np
 
 from ganfit import __version__ as ENGINE_VERSION
 from ganfit.errors import GanfitError, OutputError
-from ganfit.io.atomic import atomic_directory, check_can_create
+from ganfit.io.atomic import (
+    OS_LITTER,
+    atomic_directory,
+    check_can_create,
+    clean_leftovers,
+    normalise_target,
+    write_npz,
+)
 
 __all__ = [
     "RESULT_FORMAT",
@@ -76,6 +83,13 @@ _NPZ_ARRAYS: dict[str, tuple[type, tuple[int | str | None, ...]]] = {
     "landmark_indices": (np.int32, ("L",)),
     "landmarks_2d": (np.float32, ("L", 2)),
 }
+
+#: result.json is read only up to this size: a real one is tens of kB, and a reader (or
+#: ``--force`` deciding what it may delete) must not load an arbitrary file into memory.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+#: A PNG declaring more pixels than this is refused before it is decoded (Pillow's own
+#: decompression-bomb limit): 13,000 x 13,000 is far above any texture or photo we write.
+MAX_PNG_PIXELS = 178_956_970
 
 #: Fitted vertices must equal neutral + sum_e w_e delta_e to this many metres (0.1 mm).
 _EXPRESSION_TOLERANCE_M = 1e-4
@@ -359,14 +373,36 @@ def write_png(image: np.ndarray, path: Path) -> None:
 
 
 def read_png(path: Path) -> np.ndarray:
-    """Read a PNG as (H, W, 3) uint8 RGB; other modes (an artist's RGBA edit) are converted."""
+    """Read a PNG as (H, W, 3) uint8 RGB; other modes (an artist's RGBA edit) are converted.
+
+    A file Pillow cannot decode (empty, truncated, not an image) or one declaring more than
+    ``MAX_PNG_PIXELS`` is a ``ResultFileError``, never a raw Pillow exception.
+    """
     from PIL import Image
 
-    with Image.open(path) as image:
-        if image.mode != "RGB":
-            log.debug("%s: converting %s to RGB", path, image.mode)
-            image = image.convert("RGB")
-        return np.asarray(image, dtype=np.uint8).copy()
+    try:
+        with warnings.catch_warnings():  # the size is checked below, with a better message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            pixels = image.width * image.height
+            if pixels > MAX_PNG_PIXELS:
+                raise ResultFileError(
+                    f"{path}: damaged ({image.width}x{image.height} pixels, more than the "
+                    f"{MAX_PNG_PIXELS:,} a result image may have); reconstruct again"
+                )
+            if image.mode != "RGB":
+                log.debug("%s: converting %s to RGB", path, image.mode)
+                image = image.convert("RGB")
+            return np.asarray(image, dtype=np.uint8).copy()
+    except ResultFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError,
+        # DecompressionBombError, zlib errors, ... for a bad file: all mean "damaged"
+        raise ResultFileError(
+            f"{path}: damaged (not a readable PNG: {type(exc).__name__}: {exc}); "
+            "reconstruct again"
+        ) from exc
 
 
 # --- JSON helpers ---------------------------------------------------------------------------
@@ -444,25 +480,92 @@ def _to_document(result: Reconstruction, files: dict[str, str], created: str) ->
 # --- writing --------------------------------------------------------------------------------
 
 
+def _read_json(json_path: Path) -> Any:
+    """Parse result.json, bounded in size; any failure is a one-line ``ResultFileError``."""
+    try:
+        with open(json_path, "rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise ResultFileError(
+            f"{json_path}: cannot be read ({exc.strerror or exc}); check the file's permissions"
+        ) from exc
+    if len(data) > MAX_JSON_BYTES:
+        raise ResultFileError(
+            f"{json_path}: too large (over {MAX_JSON_BYTES // 2**20} MB) to be a ganfit result; "
+            "choose the folder ganfit wrote"
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError as exc:
+        raise ResultFileError(f"{json_path}: damaged (nested too deeply); reconstruct again") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, too many digits
+        raise ResultFileError(f"{json_path}: damaged ({exc}); reconstruct again") from exc
+
+
+def _result_document(path: Path) -> dict[str, Any] | None:
+    """result.json of a ganfit result folder at ``path``, or None if it is not one."""
+    json_path = path / RESULT_JSON
+    if not (path.is_dir() and json_path.is_file()):
+        return None
+    try:
+        document = _read_json(json_path)
+    except ResultFileError:
+        return None
+    if not isinstance(document, dict) or document.get("format") != RESULT_FORMAT:
+        return None
+    return document
+
+
 def is_result_folder(path: Path | str) -> bool:
-    """True if ``path`` is a folder holding a result.json (``--force`` may replace only these)."""
-    path = Path(path)
-    return path.is_dir() and (path / RESULT_JSON).is_file()
+    """True if ``path`` is a folder whose result.json says it is a ganfit result (its
+    ``format``), not merely a folder holding some file of that name."""
+    return _result_document(Path(path)) is not None
 
 
-def _replaceable(path: Path) -> bool:
-    return is_result_folder(path) or (path.is_dir() and not any(path.iterdir()))
+def _check_replaceable(path: Path) -> None:
+    """Raise ``OutputError`` unless ``--force`` may delete ``path``: an empty folder, or a ganfit
+    result holding only what ganfit wrote (result.json and its ``files``), so nothing the user
+    keeps there (their notes, a .blend) vanishes with it."""
+    if not path.is_dir():
+        return  # a file is refused by check_can_create
+    try:
+        entries = sorted(set(os.listdir(path)) - OS_LITTER)
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot be listed ({exc.strerror or exc}); choose another output folder"
+        ) from exc
+    if not entries:
+        return
+    document = _result_document(path)
+    if document is None:
+        raise OutputError(
+            f"{path}: exists and is not a ganfit result folder, so --force will not replace it; "
+            "choose another output folder"
+        )
+    listed = document.get("files")
+    written = {RESULT_JSON} | {
+        name for name in (listed.values() if isinstance(listed, dict) else ()) if isinstance(name, str)
+    }
+    foreign = [name for name in entries if name not in written]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{path}: holds files ganfit did not write ({shown}); move them out or choose "
+            "another output folder"
+        )
 
 
 def check_output_folder(out_dir: Path | str, force: bool = False) -> None:
-    """Fail fast, before minutes of fitting, if ``write_result`` would refuse ``out_dir``."""
-    out_dir = Path(out_dir)
+    """Fail fast, before minutes of fitting, if ``write_result`` would refuse ``out_dir``.
+
+    Also cleans up after a run that was killed while writing here (as the write would), so the
+    answer is the one the write will give. Creates nothing.
+    """
+    clean_leftovers(out_dir, "folder")
     check_can_create(out_dir, force, "folder")
-    if out_dir.exists() and not _replaceable(out_dir):
-        raise OutputError(
-            f"{out_dir}: exists and is not a ganfit result folder, so --force will not replace it; "
-            "choose another output folder"
-        )
+    out_dir = normalise_target(out_dir)
+    if force and out_dir.exists():
+        _check_replaceable(out_dir)
 
 
 def write_result(
@@ -471,8 +574,9 @@ def write_result(
     """Write ``result`` as a result folder at ``out_dir``, atomically; return ``out_dir``.
 
     Nothing appears at ``out_dir`` until every file is complete and flushed; a failure or
-    Ctrl-C leaves no trace (with ``force``, the old folder survives intact). ``force`` replaces
-    only an existing result folder or an empty folder. ``exports`` also writes head.obj/.mtl
+    Ctrl-C leaves no trace (with ``force``, the old folder survives intact), and what a killed
+    earlier write left here is cleaned up first. ``force`` replaces only an empty folder or a
+    ganfit result holding nothing but the files it lists. ``exports`` also writes head.obj/.mtl
     and head.glb, which reuse texture.png / embed it.
     """
     out_dir = Path(out_dir)
@@ -482,14 +586,9 @@ def write_result(
         raise ValueError(f"cannot write an inconsistent reconstruction: {exc}") from exc
     created = result.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-    with atomic_directory(
-        out_dir,
-        force=force,
-        replaceable=_replaceable,
-        replaceable_hint="it is not a ganfit result folder",
-    ) as tmp:
+    with atomic_directory(out_dir, force=force, replaceable=_check_replaceable) as tmp:
         files: dict[str, str] = {"mesh": MESH_NPZ, "texture": TEXTURE_PNG}
-        np.savez_compressed(tmp / MESH_NPZ, **{name: getattr(result, name) for name in _NPZ_ARRAYS})
+        write_npz(tmp / MESH_NPZ, {name: getattr(result, name) for name in _NPZ_ARRAYS})
         write_png(result.texture, tmp / TEXTURE_PNG)
         if result.preview is not None:
             write_png(result.preview, tmp / PREVIEW_PNG)
@@ -535,10 +634,7 @@ def _load_document(folder: Path) -> dict[str, Any]:
     json_path = folder / RESULT_JSON
     if not json_path.is_file():
         raise ResultFileError(f"{folder}: not a ganfit result folder ({RESULT_JSON} is missing)")
-    try:
-        document = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultFileError(f"{json_path}: damaged ({exc}); reconstruct again") from exc
+    document = _read_json(json_path)
     if not isinstance(document, dict) or document.get("format") != RESULT_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise ResultFileError(
@@ -617,7 +713,10 @@ def read_result(path: Path | str, *, load_images: bool = True) -> Reconstruction
                     "reconstruct again"
                 )
             arrays = {name: npz[name] for name in _NPZ_ARRAYS}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated, pickled objects
+    except ResultFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, pickled objects, bad deflate data
+        # (zlib.error), encrypted members, absurd shapes: numpy and zipfile raise many kinds
         raise ResultFileError(f"{paths['mesh']}: damaged ({exc}); reconstruct again") from exc
     for name, (dtype, _shape) in _NPZ_ARRAYS.items():
         if arrays[name].dtype != dtype:
@@ -632,40 +731,44 @@ def read_result(path: Path | str, *, load_images: bool = True) -> Reconstruction
     else:
         texture, preview = np.zeros((0, 0, 3), np.uint8), None
 
-    try:
-        expressions = document["expressions"]
-        identity = document["identity"]
-        result = Reconstruction(
-            photos=document["photos"],
-            **arrays,
-            expression_names=[item["name"] for item in expressions],
-            expression_weights=np.array([item["weight"] for item in expressions], np.float32),
-            identity_names=[item["name"] for item in identity],
-            identity_coefficients=np.array([item["coefficient"] for item in identity], np.float32),
-            landmark_error_iod=_float_or_nan(document["landmarks"]["error_iod"]),
-            camera=CameraParams.from_json(document["camera"]),
-            light=LightParams.from_json(document["light"]),
-            texture=texture,
-            preview=preview,
-            shape_model=document.get("shape_model", ""),
-            texture_model=document.get("texture_model", ""),
-            engine_version=document.get("engine_version", ""),
-            losses={
-                k: [_float_or_nan(x) for x in v] for k, v in document.get("losses", {}).items()
-            },
-            settings=document.get("settings", {}),
-            created=document.get("created"),
-            views=list(document.get("views", [])),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ResultFileError(
-            f"{json_path}: damaged (bad or missing field: {exc}); reconstruct again"
-        ) from exc
+    # a number beyond float32 (1e308) becomes inf, refused by validate below: no warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            expressions = document["expressions"]
+            identity = document["identity"]
+            result = Reconstruction(
+                photos=document["photos"],
+                **arrays,
+                expression_names=[item["name"] for item in expressions],
+                expression_weights=np.array([item["weight"] for item in expressions], np.float32),
+                identity_names=[item["name"] for item in identity],
+                identity_coefficients=np.array([item["coefficient"] for item in identity], np.float32),
+                landmark_error_iod=_float_or_nan(document["landmarks"]["error_iod"]),
+                camera=CameraParams.from_json(document["camera"]),
+                light=LightParams.from_json(document["light"]),
+                texture=texture,
+                preview=preview,
+                shape_model=document.get("shape_model", ""),
+                texture_model=document.get("texture_model", ""),
+                engine_version=document.get("engine_version", ""),
+                losses={
+                    k: [_float_or_nan(x) for x in v] for k, v in document.get("losses", {}).items()
+                },
+                settings=document.get("settings", {}),
+                created=document.get("created"),
+                views=list(document.get("views", [])),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            raise ResultFileError(
+                f"{json_path}: damaged (bad or missing field: {exc}); reconstruct again"
+            ) from exc
     try:
         result.validate(require_images=load_images)
     except ValueError as exc:
         raise ResultFileError(f"{folder}: damaged ({exc}); reconstruct again") from exc
     counts = document.get("counts", {})
+    if not isinstance(counts, dict):
+        raise ResultFileError(f"{json_path}: damaged ('counts' is not an object); reconstruct again")
     actual = {
         "vertices": result.num_vertices,
         "faces": int(result.faces.shape[0]),
