@@ -4,7 +4,9 @@ Blender bundles numpy but not the engine, so the add-on carries this small reade
 format specified in ``docs/result-format.md`` (version 1). The engine's own implementation is
 ``ganfit.io.result``; ``tests/blender/test_result_reader.py`` checks that both read the same
 folder to the same values. Images are not decoded here: the texture and photo paths go
-straight to ``bpy.data.images.load``.
+straight to ``bpy.data.images.load``, after a check of the PNG's structure (signature, chunk
+checksums, declared size) so a damaged or absurd file is refused here with a message, not handed
+to Blender. Whatever a folder holds, ``read_result`` returns or raises ``ResultError``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zipfile
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,16 @@ RESULT_FORMAT = "ganfit-result"
 #: The newest result format version this add-on reads.
 RESULT_VERSION = 1
 RESULT_JSON = "result.json"
+#: result.json is read only up to this size (a real one is tens of kB): as the engine's reader.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+#: A PNG declaring more pixels than this is refused before Blender decodes it (as the engine).
+MAX_PNG_PIXELS = 178_956_970
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Channels per PNG colour type (grey, RGB, palette, grey + alpha, RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Deflate cannot compress better than about 1032:1, so pixel data this many times larger than
+#: the compressed data is missing: the file was cut, or only declares a huge size.
+_DEFLATE_MAX_RATIO = 1100
 
 _NPZ_DTYPES: dict[str, type] = {
     "vertices": np.float32,
@@ -132,6 +145,66 @@ def _locate(path: Path | str) -> Path:
     return path
 
 
+def _read_json(json_path: Path) -> Any:
+    """Parse result.json, bounded in size; any failure is a one-line ``ResultError``."""
+    try:
+        with open(json_path, "rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise ResultError(f"{json_path}: cannot be read ({exc.strerror or exc}); check the file's permissions") from exc
+    if len(data) > MAX_JSON_BYTES:
+        raise ResultError(
+            f"{json_path}: too large (over {MAX_JSON_BYTES // 2**20} MB) to be a ganfit result; choose the folder ganfit wrote"
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError as exc:
+        raise ResultError(f"{json_path}: damaged (nested too deeply); reconstruct again") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ResultError(f"{json_path}: damaged ({exc}); reconstruct again") from exc
+
+
+def _check_png(path: Path) -> None:
+    """Raise ResultError unless ``path`` is a whole PNG of a sane size: signature, IHDR first,
+    every chunk's CRC, IEND last. Needs no image library (Blender decodes the pixels later)."""
+    def damaged(why: str) -> ResultError:
+        return ResultError(f"{path}: damaged ({why}); reconstruct again")
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ResultError(f"{path}: cannot be read ({exc.strerror or exc}); check the file's permissions") from exc
+    if not data.startswith(_PNG_SIGNATURE):
+        raise damaged("not a PNG image")
+    offset, first, raw_bytes, compressed = len(_PNG_SIGNATURE), True, 0, 0
+    while True:
+        if offset + 12 > len(data):
+            raise damaged("the PNG is truncated")
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            raise damaged("the PNG is truncated")
+        (crc,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[offset + 4 : end]) != crc:
+            raise damaged(f"a checksum of the PNG's {kind!r} chunk is wrong")
+        if first:
+            if kind != b"IHDR" or length != 13:
+                raise damaged("the PNG has no header")
+            width, height = struct.unpack(">II", data[offset + 8 : offset + 16])
+            if width == 0 or height == 0 or width * height > MAX_PNG_PIXELS:
+                raise damaged(f"a PNG of {width}x{height} pixels")
+            bits = data[offset + 16] * _PNG_CHANNELS.get(data[offset + 17], 1)
+            raw_bytes = height * ((width * bits + 7) // 8)  # a lower bound, filter bytes aside
+            first = False
+        if kind == b"IDAT":
+            compressed += length
+        if kind == b"IEND":
+            if compressed * _DEFLATE_MAX_RATIO < raw_bytes:
+                raise damaged(f"{compressed} bytes of pixel data cannot hold {width}x{height} pixels")
+            return
+        offset = end + 4
+
+
 def _file(folder: Path, files: Any, role: str, required: bool) -> Path | None:
     name = files.get(role) if isinstance(files, dict) else None
     if name is None:
@@ -164,10 +237,7 @@ def read_result(path: Path | str) -> ResultData:
     """Read and check a result folder (or its result.json); raise ResultError if unusable."""
     folder = _locate(path)
     json_path = folder / RESULT_JSON
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultError(f"{json_path}: damaged ({exc}); reconstruct again") from exc
+    doc = _read_json(json_path)
     if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
         raise ResultError(f"{json_path}: not a ganfit result (format is not {RESULT_FORMAT!r})")
     version = doc.get("version")
@@ -187,52 +257,62 @@ def read_result(path: Path | str) -> ResultData:
             arrays = {name: npz[name] for name in _NPZ_DTYPES}
     except KeyError as exc:
         raise ResultError(f"{mesh_path}: damaged (array {exc} missing); reconstruct again") from exc
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ResultError(f"{mesh_path}: damaged ({exc}); reconstruct again") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated, bad deflate data (zlib.error), encrypted, absurd
+        # shapes, pickled objects: numpy and zipfile raise many kinds, all meaning "damaged"
+        raise ResultError(f"{mesh_path}: damaged ({type(exc).__name__}: {exc}); reconstruct again") from exc
+    _check_png(texture_path)
 
-    try:
-        for name, dtype in _NPZ_DTYPES.items():
-            if arrays[name].dtype != dtype:
-                raise ValueError(f"{name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}")
-        cam, light = doc["camera"], doc["light"]
-        camera = CameraData(
-            position=_vec3(cam["position"], "camera.position"),
-            look_at=_vec3(cam["look_at"], "camera.look_at"),
-            up=_vec3(cam["up"], "camera.up"),
-            focal=float(cam["focal"]),
-            width=int(cam["width"]),
-            height=int(cam["height"]),
-        )
-        lights = LightData(
-            position=_vec3(light["position"], "light.position"),
-            colour=_vec3(light["colour"], "light.colour"),
-            ambient=_vec3(light["ambient"], "light.ambient"),
-        )
-        expressions = doc["expressions"]
-        names = [str(item["name"]) for item in expressions]
-        weights = np.array([item["weight"] for item in expressions], dtype=np.float32)
-        data = ResultData(
-            folder=folder,
-            neutral_vertices=arrays["neutral_vertices"],
-            vertices=arrays["vertices"],
-            faces=arrays["faces"],
-            uvs=arrays["uvs"],
-            uv_faces=arrays["uv_faces"],
-            expression_names=names,
-            expression_weights=weights,
-            expression_deltas=arrays["expression_deltas"],
-            camera=camera,
-            light=lights,
-            texture_path=texture_path,
-            photo_path=_find_photo(folder, doc.get("photos")),
-            preview_path=_file(folder, files, "preview", False),
-            engine_version=str(doc.get("engine_version", "")),
-        )
-        _check(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ResultError(f"{folder}: damaged ({exc}); reconstruct again") from exc
+    # a number beyond float32 (1e308) becomes inf, refused by _check: no warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            for name, dtype in _NPZ_DTYPES.items():
+                if arrays[name].dtype != dtype:
+                    raise ValueError(f"{name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}")
+            cam, light = doc["camera"], doc["light"]
+            camera = CameraData(
+                position=_vec3(cam["position"], "camera.position"),
+                look_at=_vec3(cam["look_at"], "camera.look_at"),
+                up=_vec3(cam["up"], "camera.up"),
+                focal=float(cam["focal"]),
+                width=int(cam["width"]),
+                height=int(cam["height"]),
+            )
+            lights = LightData(
+                position=_vec3(light["position"], "light.position"),
+                colour=_vec3(light["colour"], "light.colour"),
+                ambient=_vec3(light["ambient"], "light.ambient"),
+            )
+            expressions = doc["expressions"]
+            names = [str(item["name"]) for item in expressions]
+            weights = np.array([item["weight"] for item in expressions], dtype=np.float32)
+            data = ResultData(
+                folder=folder,
+                neutral_vertices=arrays["neutral_vertices"],
+                vertices=arrays["vertices"],
+                faces=arrays["faces"],
+                uvs=arrays["uvs"],
+                uv_faces=arrays["uv_faces"],
+                expression_names=names,
+                expression_weights=weights,
+                expression_deltas=arrays["expression_deltas"],
+                camera=camera,
+                light=lights,
+                texture_path=texture_path,
+                photo_path=_find_photo(folder, doc.get("photos")),
+                preview_path=_checked(_file(folder, files, "preview", False)),
+                engine_version=str(doc.get("engine_version", "")),
+            )
+            _check(data)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            raise ResultError(f"{folder}: damaged ({exc}); reconstruct again") from exc
     log.debug("read %s: %d vertices, %d expressions", folder, len(data.neutral_vertices), len(names))
     return data
+
+
+def _checked(path: Path | None) -> Path | None:
+    if path is not None:
+        _check_png(path)
+    return path
 
 
 def _check(data: ResultData) -> None:

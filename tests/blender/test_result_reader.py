@@ -58,3 +58,87 @@ def test_reader_refuses_bad_folders(engine_result: Path, tmp_path: Path, edit, m
     (folder / "result.json").write_text(json.dumps(doc))
     with pytest.raises(result_reader.ResultError, match=message):
         result_reader.read_result(folder)
+
+
+# --- whatever the folder holds, the reader raises ResultError (never a raw exception) ---------
+
+from test_result_io import synthetic_reconstruction  # noqa: E402  (tests/ is on the path)
+from test_result_safety import DAMAGED_PNGS, _paths  # noqa: E402
+
+from ganfit.io.result import write_result  # noqa: E402
+
+
+@pytest.fixture
+def synthetic_result(tmp_path: Path) -> Path:
+    """A small result folder written by the engine's writer (no fitting, no torch)."""
+    return write_result(synthetic_reconstruction(), tmp_path / "out", exports=False)
+
+
+@pytest.mark.parametrize("damage", sorted({*DAMAGED_PNGS, "bad-checksum"}))
+@pytest.mark.parametrize("name", ["texture.png", "preview.png"])
+def test_reader_refuses_damaged_pngs(synthetic_result: Path, name: str, damage: str) -> None:
+    """Checked without decoding (the add-on may have no Pillow): Blender is never handed an
+    empty, truncated, foreign or decompression-bomb file."""
+    path = synthetic_result / name
+    good = path.read_bytes()
+    if damage == "bad-checksum":
+        bad = bytearray(good)
+        bad[-20] ^= 0xFF  # inside the last IDAT chunk
+        path.write_bytes(bytes(bad))
+    else:
+        path.write_bytes(DAMAGED_PNGS[damage](good))
+    with pytest.raises(result_reader.ResultError, match=f"{name}: damaged.*reconstruct again"):
+        result_reader.read_result(synthetic_result)
+
+
+def test_reader_refuses_deeply_nested_json(synthetic_result: Path) -> None:
+    for text in ("[" * 100_000 + "]" * 100_000,
+                 '{"format": "ganfit-result", "version": 1, "settings": '
+                 + '{"x": ' * 100_000 + "{}" + "}" * 100_000 + "}"):
+        (synthetic_result / "result.json").write_text(text)
+        with pytest.raises(result_reader.ResultError, match="nested too deeply"):
+            result_reader.read_result(synthetic_result)
+
+
+def test_reader_refuses_a_huge_json_unread(synthetic_result: Path) -> None:
+    with open(synthetic_result / "result.json", "r+b") as handle:
+        handle.seek(result_reader.MAX_JSON_BYTES + 1)
+        handle.write(b" ")
+    with pytest.raises(result_reader.ResultError, match="too large"):
+        result_reader.read_result(synthetic_result)
+
+
+def test_reader_raises_only_result_error_for_any_wrong_value(synthetic_result: Path) -> None:
+    """Each value of result.json replaced by each JSON type: a result or ResultError."""
+    json_path = synthetic_result / "result.json"
+    original = json.loads(json_path.read_text())
+    raw: list[str] = []
+    for path in list(_paths(original))[1:]:
+        for value in (None, True, -1, 1e308, "x", [], {}, [[1e308]] * 3):
+            doc = json.loads(json.dumps(original))
+            node = doc
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            json_path.write_text(json.dumps(doc))
+            try:
+                result_reader.read_result(synthetic_result)
+            except result_reader.ResultError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - collected to report them all at once
+                raw.append(f"{path} = {value!r}: {type(exc).__name__}: {exc}")
+    assert raw == []
+
+
+def test_reader_refuses_damaged_npz(synthetic_result: Path) -> None:
+    good = (synthetic_result / "head.npz").read_bytes()
+    for position in (60, 200, len(good) // 2):
+        bad = bytearray(good)
+        bad[position : position + 8] = b"\xff" * 8
+        (synthetic_result / "head.npz").write_bytes(bytes(bad))
+        with pytest.raises(result_reader.ResultError, match="damaged"):
+            result_reader.read_result(synthetic_result)
+
+
+def test_reader_test_run_has_no_torch() -> None:
+    assert "torch" not in sys.modules
