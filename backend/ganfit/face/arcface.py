@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganfit.errors import GanfitError, ModelDataError
+from ganfit.models.limits import DeclaredSizeError, SizeBudget, check_declared, check_file_size
 from ganfit.face.identity import five_points_from_ibug68, invert_affine, similarity_transform
 
 __all__ = [
@@ -543,6 +544,69 @@ def _tensor_dims(value_info: Any) -> tuple[int | None, ...] | None:
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
 
 
+_ONNX_HINT = "check it is an insightface recognition model such as w600k_r50.onnx, or re-download it"
+
+
+def _graph_tensors(graph: Any) -> list[Any]:
+    """Every tensor a graph stores: initializers and tensor attributes (``Constant`` values),
+    subgraphs included."""
+    from onnx import AttributeProto
+
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                tensors.append(attr.t)
+            elif attr.type == AttributeProto.TENSORS:
+                tensors.extend(attr.tensors)
+            elif attr.type == AttributeProto.GRAPH:
+                tensors.extend(_graph_tensors(attr.g))
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    tensors.extend(_graph_tensors(sub))
+    return tensors
+
+
+def _check_tensor_sizes(onnx: Any, model: Any, path: Path) -> None:
+    """Refuse tensors that declare more than ``limits`` allow (dims x element size, and the bytes an
+    external-data tensor would read), then read the external data of the ones that passed.
+
+    Why: converting a tensor allocates what its dims declare, and ONNX reads external data of
+    whatever length the model names, so a few-hundred-byte model could ask for gigabytes.
+    """
+    budget = SizeBudget(path, "ArcFace model", _ONNX_HINT)
+    external = False
+    try:
+        for tensor in _graph_tensors(model.graph):
+            name = f"tensor {tensor.name!r}"
+            try:
+                dtype: Any = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            except (KeyError, ValueError, TypeError):
+                dtype = 8  # an unknown element type: count 8 bytes an element
+            budget.check(name, tensor.dims, dtype)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                external = True
+                info = {entry.key: entry.value for entry in tensor.external_data}
+                length = info.get("length")
+                if length is None:  # the rest of the file from the offset
+                    try:
+                        length = (path.parent / info.get("location", "")).stat().st_size - int(info.get("offset") or 0)
+                    except (OSError, ValueError):
+                        continue  # ONNX reports a missing or unreadable data file itself
+                check_declared(f"the external data of {name}", (max(int(length), 0),), np.uint8)
+    except DeclaredSizeError as error:
+        raise budget.refuse(error) from None
+    except ValueError as error:  # a non-numeric length or offset
+        raise ModelDataError(f"{path}: malformed external-data entry ({error}); {_ONNX_HINT}") from None
+    if external:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as error:
+            raise ModelDataError(
+                f"{path}: cannot read its external weights ({type(error).__name__}: {error}); {_ONNX_HINT}"
+            ) from None
+
+
 def _inferred_shapes(onnx: Any, model: Any, input_name: str, chip_size: int) -> dict[str, tuple[int | None, ...]]:
     """Shapes of every tensor for one ``(1, 3, S, S)`` input, by ONNX shape inference.
 
@@ -671,10 +735,15 @@ def load_arcface(path: str | Path, *, backend: str = "auto", feature_names: Sequ
     if not path.is_file():
         raise ModelDataError(f"ArcFace model {path} not found: pass the path of an insightface recognition .onnx file")
     onnx = _import_onnx()
+    if path.stat().st_size == 0:
+        raise ModelDataError(f"{path} is not an ONNX model (the file is empty); expected e.g. w600k_r50.onnx")
+    check_file_size(path, "ArcFace model", _ONNX_HINT)
     try:
-        model = onnx.load(str(path))
+        # External data (weights in files beside the model) is read only after its sizes are checked.
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise ModelDataError(f"{path} is not an ONNX model ({type(error).__name__}); expected e.g. w600k_r50.onnx") from error
+    _check_tensor_sizes(onnx, model, path)
     graph = model.graph
     if not graph.node or not graph.output:
         raise ModelDataError(f"{path} is not an ONNX model (no graph); expected e.g. w600k_r50.onnx")

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ganfit.errors import ModelDataError
 from ganfit.face.detection import NUM_LANDMARKS, FaceBox
+from ganfit.models.limits import check_file_size, check_zip_members
 
 __all__ = ["FAN_INPUT_SIZE", "FanCrop", "FanLandmarks", "fan_crop", "heatmap_peaks"]
 
@@ -112,6 +113,11 @@ class FanLandmarks:
         self.center_shift = float(center_shift)
         if not self.path.is_file():
             raise ModelDataError(f"FAN landmark model {self.path} not found: pass the path of face-alignment's 2DFAN4 .zip file")
+        # torch allocates each archive member's declared size before inflating it: check first
+        # (the real 2DFAN4 archive is ~95 MB).
+        hint = "pass face-alignment's 2DFAN4 .zip file"
+        check_file_size(self.path, "FAN landmark model", hint)
+        check_zip_members(self.path, "FAN landmark model", hint)
         try:
             with warnings.catch_warnings():  # recent torch deprecates TorchScript; FAN ships as one
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -33,6 +33,7 @@ On CUDA the plain layers run; PyTorch's default TF32 convolutions there move des
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganfit.errors import ModelDataError
+from ganfit.models.limits import array_limit, check_file_size
 
 __all__ = [
     "CHIP_PADDING",
@@ -181,7 +183,7 @@ class _Reader:
         shape = tuple(self.int() for _ in range(4))
         if min(shape) < 0:
             raise _FormatError(f"negative tensor size {shape} at byte {self.pos}")
-        count = int(np.prod(shape))
+        count = math.prod(shape)  # Python integers: a hostile shape cannot wrap to a small count
         values = np.frombuffer(self._take(4 * count), dtype="<f4").astype(np.float32)
         return values.reshape(shape)
 
@@ -373,6 +375,8 @@ def read_dlib_resnet_weights(path: str | Path | None = None) -> DlibResNetWeight
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise ModelDataError(f"{path}: face recognition model file is missing; {_REINSTALL}")
+    # The whole file is read into memory (the real one is 22 MB): refuse an absurd one first.
+    check_file_size(path, "Face recognition model", _REINSTALL, limit=array_limit())
     try:
         data = path.read_bytes()
     except OSError as exc:

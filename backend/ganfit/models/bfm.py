@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelDataError
+from .limits import DeclaredSizeError, SizeBudget, check_declared
 from .standard_3dmm import LinearParts, numbered_names
 
 log = logging.getLogger(__name__)
@@ -44,17 +45,30 @@ def read_bfm(path: Path, num_identity: int | None = None, num_expression: int | 
         raise ModelDataError(
             f"Reading the BFM file {path} needs h5py: pip install 'ganfit[bfm]' (or pip install h5py)"
         ) from None
+    budget = SizeBudget(path, "BFM", BFM_HINT)
     try:
         with h5py.File(path, "r") as f:
-            return _read_groups(f, path, num_identity, num_expression)
+            return _read_groups(f, path, num_identity, num_expression, budget)
     except ModelDataError:
         raise
+    except DeclaredSizeError as exc:
+        raise budget.refuse(exc) from None
     except (OSError, KeyError, ValueError, TypeError) as exc:  # h5py reports bad/truncated files as OSError
         reason = " ".join(str(exc).split())[:120] or exc.__class__.__name__
         raise ModelDataError(f"BFM file {path} is not a readable HDF5 model ({reason}): {BFM_HINT}") from None
 
 
-def _read_groups(f: Any, path: Path, num_identity: int | None, num_expression: int | None) -> LinearParts:
+def _check_dataset(node: Any, key: str, budget: SizeBudget) -> None:
+    """Count a dataset's declared size (and its chunk's: HDF5 allocates whole chunks to inflate
+    them) before h5py reads it. Raises ``DeclaredSizeError``."""
+    budget.check(key, node.shape, node.dtype)
+    if node.chunks:
+        check_declared(f"one chunk of {key}", node.chunks, node.dtype)
+
+
+def _read_groups(
+    f: Any, path: Path, num_identity: int | None, num_expression: int | None, budget: SizeBudget
+) -> LinearParts:
     def fail(what: str) -> ModelDataError:
         return ModelDataError(f"BFM file {path} {what}: {BFM_HINT}")
 
@@ -62,6 +76,7 @@ def _read_groups(f: Any, path: Path, num_identity: int | None, num_expression: i
         node = f.get(key)
         if node is None or not hasattr(node, "shape"):
             raise fail(f"lacks the dataset {key} (groups found: {', '.join(sorted(f.keys())) or 'none'})")
+        _check_dataset(node, key, budget)
         return node
 
     points = np.asarray(dataset("shape/representer/points")[()])
@@ -74,9 +89,9 @@ def _read_groups(f: Any, path: Path, num_identity: int | None, num_expression: i
         raise fail(f"has shape/representer/cells of shape {cells.shape} ({cells.dtype}), expected (3, F) integers")
     n = vertices.shape[0]
 
-    mean, identity, id_count = _pca(f, "shape", n, num_identity, fail, required=True)
+    mean, identity, id_count = _pca(f, "shape", n, num_identity, fail, budget, required=True)
     if "expression" in f:
-        ex_mean, expression, ex_count = _pca(f, "expression", n, num_expression, fail, required=False)
+        ex_mean, expression, ex_count = _pca(f, "expression", n, num_expression, fail, budget, required=False)
         mean = mean + ex_mean
     else:
         log.warning("%s has no expression model: the head will have no expression blendshapes", path.name)
@@ -105,7 +120,7 @@ def _read_groups(f: Any, path: Path, num_identity: int | None, num_expression: i
 
 
 def _pca(
-    f: Any, group: str, n: int, limit: int | None, fail: Any, required: bool
+    f: Any, group: str, n: int, limit: int | None, fail: Any, budget: SizeBudget, required: bool
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean (n, 3) in mm and basis (K, n, 3) in metres per std of one statismo model group."""
     keys = [f"{group}/model/{k}" for k in ("mean", "pcaBasis", "pcaVariance")]
@@ -113,6 +128,8 @@ def _pca(
     if missing:
         raise fail(f"lacks {', '.join(missing)}" + ("" if required else f" (or remove the {group} group)"))
     mean_ds, basis_ds, var_ds = (f[k] for k in keys)
+    for key, node in zip(keys, (mean_ds, basis_ds, var_ds)):
+        _check_dataset(node, key, budget)
     if mean_ds.shape != (3 * n,):
         raise fail(f"has {keys[0]} of shape {mean_ds.shape}, expected ({3 * n},) for {n} vertices")
     if len(basis_ds.shape) != 2 or basis_ds.shape[0] != 3 * n:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelDataError
+from .limits import check_npz
 from .safe_pickle import load_pickle_file, to_plain_array
 from .standard_3dmm import LinearParts, numbered_names
 
@@ -110,6 +111,7 @@ def _read_pickle(path: Path) -> dict[str, Any]:
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
+    check_npz(path, "FLAME", FLAME_HINT)  # empty, damaged or oversized: refused before numpy reads it
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}

@@ -12,11 +12,16 @@ scipy installed. ``RestrictedUnpickler`` resolves only a fixed table of globals:
 
 Every other global (``os.system``, ``builtins.eval``, any class) is refused before anything is
 called, and persistent ids are refused too.
+
+Sizes: a pickle can declare far more than it holds (an array state's shape, a sparse matrix's
+dense shape, a list of lists built from a few memo references), so every array is checked
+against ``limits`` from what it declares before numpy allocates it.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import pickle
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import ModelDataError
+from .limits import DeclaredSizeError, SizeBudget, check_declared, nested_shape
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
@@ -77,7 +83,7 @@ class ChumpyStandIn(StandIn):
                 f"{self.source} is a chumpy expression, not stored values (re-save the file with plain arrays)"
             )
         value = state["x"]
-        return value.to_array() if isinstance(value, ChumpyStandIn) else np.asarray(value)
+        return value.to_array() if isinstance(value, ChumpyStandIn) else _checked_asarray(value)
 
 
 class SparseStandIn(StandIn):
@@ -88,15 +94,40 @@ class SparseStandIn(StandIn):
     def to_array(self) -> np.ndarray:
         state = self.state if isinstance(self.state, dict) else {}
         try:
-            data, indices, indptr = (np.asarray(state[k]) for k in ("data", "indices", "indptr"))
+            data, indices, indptr = (_checked_asarray(state[k]) for k in ("data", "indices", "indptr"))
             rows, cols = (int(n) for n in state.get("_shape", state.get("shape")) or ())
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ValueError(f"{self.source} lacks data/indices/indptr/shape") from exc
+        if min(rows, cols) < 0:
+            raise ValueError(f"{self.source} has the negative shape {(rows, cols)}")
+        check_declared(f"{self.source}'s dense form", (rows, cols), data.dtype)
+        self._check_structure(data, indices, indptr, rows, cols)
         outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
         dense = np.zeros((rows, cols), dtype=data.dtype)
         index = (indices, outer) if self.compressed_axis == 1 else (outer, indices)
         np.add.at(dense, index, data)
         return dense
+
+    def _check_structure(
+        self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, rows: int, cols: int
+    ) -> None:
+        """The compressed arrays must agree with each other and the shape, or expanding them
+        would repeat entries ``indptr`` invents (np.repeat allocates what its counts say)."""
+        outer, inner = (cols, rows) if self.compressed_axis == 1 else (rows, cols)
+        steps = np.diff(indptr.astype(np.int64, copy=False))
+        consistent = (
+            data.ndim == indices.ndim == indptr.ndim == 1
+            and indices.dtype.kind in "iu"
+            and indptr.dtype.kind in "iu"
+            and len(indptr) == outer + 1
+            and len(data) == len(indices)
+            and int(indptr[0]) == 0
+            and int(indptr[-1]) == len(indices)
+            and bool((steps >= 0).all())
+            and (len(indices) == 0 or (int(indices.min()) >= 0 and int(indices.max()) < inner))
+        )
+        if not consistent:
+            raise ValueError(f"{self.source} has data/indices/indptr that do not fit together or its shape {(rows, cols)}")
 
 
 class _CscStandIn(SparseStandIn):
@@ -152,20 +183,82 @@ def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
     return text.encode("latin-1")
 
 
-def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+def _frombuffer(budget: SizeBudget, buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """numpy's protocol-5 array reconstructor, for plain dtypes; the result owns a copy."""
     dtype = np.dtype(dtype)
     if dtype.hasobject:
         raise pickle.UnpicklingError("object arrays are not allowed in a model file")
+    budget.check("a pickled array", shape, dtype)
     return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()
 
 
-_ARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
+class _CheckedArray(np.ndarray):
+    """What the array reconstructor makes in a restricted pickle: ``__setstate__`` (the pickle's
+    BUILD) checks the shape and dtype the state declares before numpy allocates them. numpy
+    fills an object array of the declared shape before it reads the values, so a 100-byte
+    pickle could otherwise ask for gigabytes. ``_plain`` turns these back into ndarrays."""
+
+    _budget: SizeBudget
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) in (4, 5):  # ([version,] shape, dtype, fortran, data)
+            try:
+                shape, dtype = tuple(int(d) for d in state[-4]), np.dtype(state[-3])
+            except (TypeError, ValueError):
+                pass  # numpy refuses such a state itself
+            else:
+                self._budget.check("a pickled array", shape, dtype)
+        super().__setstate__(state)
+
+
+def _reconstruct(budget: SizeBudget, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` for plain arrays, as a ``_CheckedArray``."""
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError("only plain numpy arrays are allowed in a model file")
+    budget.check("a pickled array", shape, dtype)
+    array: _CheckedArray = _ARRAY_RECONSTRUCT(_CheckedArray, shape, dtype)
+    array._budget = budget
+    return array
+
+
+def _checked_asarray(value: Any) -> np.ndarray:
+    """``np.asarray`` after checking the shape nested lists would give (8 bytes per element at most)."""
+    if not isinstance(value, np.ndarray):
+        check_declared("", nested_shape(value), np.float64, how=" as nested lists")
+    return np.asarray(value)
+
+
+def _plain(value: Any, seen: dict[int, Any] | None = None) -> Any:
+    """The unpickled object with every ``_CheckedArray`` as a plain ndarray view (lists and
+    dicts are changed in place, so shared references stay shared and each is visited once)."""
+    seen = {} if seen is None else seen
+    key = id(value)
+    if key in seen:
+        return seen[key]
+    if isinstance(value, _CheckedArray):
+        seen[key] = result = value.view(np.ndarray)
+        return result
+    seen[key] = value
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = _plain(item, seen)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            value[name] = _plain(item, seen)
+    elif isinstance(value, tuple):
+        seen[key] = value = tuple(_plain(item, seen) for item in value)
+    elif isinstance(value, StandIn):
+        value.args = tuple(_plain(item, seen) for item in value.args)
+        value.state = _plain(value.state, seen)
+    return value
+
+
+_ARRAY_RECONSTRUCT: Any = np.empty(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
 _SCALAR = np.float64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
+_ARRAY_GLOBALS = {(m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")}
+_FROMBUFFER_GLOBALS = {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")}
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(m, "_reconstruct"): _ARRAY_RECONSTRUCT for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(m, "scalar"): _SCALAR for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     **{(m, n): getattr(builtins, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset", "object")},
@@ -176,9 +269,22 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the table above (see the module docstring)."""
+    """An unpickler that resolves only the table above (see the module docstring).
+
+    ``budget`` counts the arrays the pickle declares (``limits``); a ``DeclaredSizeError``
+    stops the load before numpy allocates an oversized one.
+    """
+
+    def __init__(self, file: BinaryIO, *, budget: SizeBudget | None = None, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        name = getattr(file, "name", None)
+        self.budget = budget or SizeBudget(Path(name if isinstance(name, str) else "<pickle>"), "Model", "check the file")
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ARRAY_GLOBALS:
+            return functools.partial(_reconstruct, self.budget)
+        if (module, name) in _FROMBUFFER_GLOBALS:
+            return functools.partial(_frombuffer, self.budget)
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         if module in _CHUMPY_MODULES:
@@ -196,14 +302,14 @@ def is_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def loads_restricted(data: bytes) -> Any:
+def loads_restricted(data: bytes, budget: SizeBudget | None = None) -> Any:
     """Unpickle bytes with ``RestrictedUnpickler`` (latin-1 for Python 2 strings, as FLAME needs)."""
-    return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    return _plain(RestrictedUnpickler(io.BytesIO(data), budget=budget, encoding="latin1").load())
 
 
-def load_restricted(stream: BinaryIO) -> Any:
+def load_restricted(stream: BinaryIO, budget: SizeBudget | None = None) -> Any:
     """Unpickle a stream with ``RestrictedUnpickler`` (latin-1 for Python 2 strings)."""
-    return RestrictedUnpickler(stream, encoding="latin1").load()
+    return _plain(RestrictedUnpickler(stream, budget=budget, encoding="latin1").load())
 
 
 def load_pickle_file(path: Path, what: str, hint: str) -> Any:
@@ -211,9 +317,12 @@ def load_pickle_file(path: Path, what: str, hint: str) -> Any:
 
     ``what`` names the expected content in messages ("FLAME model"); ``hint`` says what to do.
     """
+    budget = SizeBudget(path, what, hint)
     try:
         with path.open("rb") as stream:
-            return load_restricted(stream)
+            return load_restricted(stream, budget)
+    except DeclaredSizeError as exc:
+        raise budget.refuse(exc) from None
     except PickleRefused as exc:
         raise ModelDataError(
             f"{what} file {path} was refused: it asks to run {exc.module}.{exc.name}, which a model file "
@@ -232,10 +341,13 @@ def load_pickle_file(path: Path, what: str, hint: str) -> Any:
 
 
 def to_plain_array(value: Any) -> np.ndarray:
-    """An ndarray from a pickled value: an ndarray, a chumpy ``Ch`` or a scipy sparse matrix."""
+    """An ndarray from a pickled value: an ndarray, a chumpy ``Ch`` or a scipy sparse matrix.
+
+    Raises ``ValueError`` (a ``DeclaredSizeError`` when the value declares more than ``limits``
+    allow) for anything else."""
     if isinstance(value, StandIn):
         value = value.to_array()
-    array = np.asarray(value)
+    array = _checked_asarray(value)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"holds {array.dtype} values, not numbers")
     return array

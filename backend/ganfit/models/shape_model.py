@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelDataError
+from .limits import check_file_size, check_npz, text_limit
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,7 @@ def _load_arrays(path: Path, landmarks_path: Path | None) -> dict[str, Any]:
     """Read a model npz (and its landmark JSON) into ShapeModel keyword arguments."""
     if not path.is_file():
         raise ModelDataError(f"Head model file {path} is missing: {REBUILD_HINT}")
+    check_npz(path, "Head model", REBUILD_HINT)  # empty, damaged or oversized: refused before numpy reads it
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -381,6 +383,7 @@ def _load_landmarks(path: Path) -> np.ndarray:
         raise ModelDataError(
             f"Landmark file {path} is missing: reinstall ganfit, or rebuild it with {LANDMARK_HINT}"
         )
+    check_file_size(path, "Landmark", f"rebuild it with {LANDMARK_HINT}", limit=text_limit())
     try:
         indices = np.asarray(json.loads(path.read_text())["indices"], dtype=np.int64)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -25,6 +25,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelDataError
+from .limits import (
+    DeclaredSizeError,
+    SizeBudget,
+    check_file_size,
+    check_npy,
+    check_npz,
+    read_npy_header,
+    text_limit,
+)
 from .safe_pickle import (
     PICKLE_SUFFIXES,
     PickleRefused,
@@ -261,14 +270,8 @@ def _sniff_or_fail(path: Path) -> str:
 
 
 def _npz_keys(path: Path) -> list[str]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return list(npz.files)
-    except Exception as exc:  # zipfile.BadZipFile, OSError
-        raise ModelDataError(
-            f"Shape model file {path} looks like an npz but cannot be read ({exc.__class__.__name__}): "
-            f"re-download or re-save it (see {DOCS})"
-        ) from None
+    """The array names of an npz, after its declared sizes passed ``limits``."""
+    return check_npz(path, "Shape model", f"re-download or re-save it (see {DOCS})")
 
 
 # ---- landmarks -------------------------------------------------------------------------------
@@ -298,6 +301,7 @@ def read_landmarks(path: Path, mean: np.ndarray, faces: np.ndarray) -> np.ndarra
 
 
 def _landmark_json(path: Path) -> np.ndarray:
+    check_file_size(path, "Landmark", LANDMARK_FORMAT, limit=text_limit())
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))["indices"]
         indices = np.asarray(raw, dtype=np.int64)
@@ -317,6 +321,7 @@ def _landmark_container(path: Path, kind: str) -> dict[str, Any]:
     if kind == "pickle":
         data = load_pickle_file(path, what, LANDMARK_FORMAT)
     elif kind == "npz":
+        check_npz(path, what, LANDMARK_FORMAT)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}
@@ -339,6 +344,7 @@ def _landmark_container(path: Path, kind: str) -> dict[str, Any]:
 
 def _read_npy(path: Path) -> Any:
     """An .npy; object arrays (``np.save`` of a dict, as DECA's embedding) go through safe_pickle."""
+    check_npy(path, "Landmark", LANDMARK_FORMAT)
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -347,18 +353,13 @@ def _read_npy(path: Path) -> Any:
     except Exception as exc:
         reason = exc.__class__.__name__
         raise ModelDataError(f"Landmark file {path} is not a readable npy ({reason}): {LANDMARK_FORMAT}") from None
-    from numpy.lib import format as npy_format
-
+    budget = SizeBudget(path, "Landmark", LANDMARK_FORMAT)
     try:
         with path.open("rb") as stream:
-            version = npy_format.read_magic(stream)
-            if version == (1, 0):
-                npy_format.read_array_header_1_0(stream)
-            elif version == (2, 0):
-                npy_format.read_array_header_2_0(stream)
-            else:
-                raise ValueError(f"npy version {version}")
-            return load_restricted(stream)
+            read_npy_header(stream)
+            return load_restricted(stream, budget)
+    except DeclaredSizeError as exc:
+        raise budget.refuse(exc) from None
     except PickleRefused as exc:
         raise ModelDataError(
             f"Landmark file {path} was refused: it asks to run {exc.module}.{exc.name}, which a landmark file "
@@ -509,6 +510,7 @@ def read_uv_file(path: Path, faces: np.ndarray, num_vertices: int) -> tuple[np.n
     if path.suffix.lower() == ".obj":
         uvs, uv_faces = _obj_uvs(path, faces, num_vertices)
     else:
+        check_npz(path, "UV", f"give an .obj with the model's triangles or an .npz with vt and ft (see {DOCS})")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 pairs = (("vt", "ft"), ("uvs", "uv_faces"))
@@ -537,6 +539,8 @@ def read_uv_file(path: Path, faces: np.ndarray, num_vertices: int) -> tuple[np.n
 
 def _obj_uvs(path: Path, faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
     """Texture coordinates of a Wavefront OBJ whose triangles must be the model's, in order."""
+    check_file_size(path, "UV", f"give an .obj with the model's triangles or an .npz with vt and ft (see {DOCS})",
+                    limit=text_limit())
     n_v, vts, tris, uv_tris = 0, [], [], []
     try:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ganfit.errors import GanfitError, ModelDataError
+from ganfit.models.limits import check_npz
 from ganfit.fit.reconstruct import resolve_device
 from ganfit.texture.detail import (
     DetailConfig,
@@ -348,6 +349,7 @@ def export_with_detail(checkpoint: str | Path, out: str | Path) -> Path:
         raise GanfitError(f"--export {out} is the GAN the stage was trained on: choose another file")
     try:
         gan_sha = _sha256(gan_file)
+        check_npz(gan_file, "GAN texture weights", "export it again with ganfit train-texture --export")
         with np.load(gan_file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files if not key.startswith("detail/")}
         info = json.loads(str(arrays["info"]))
@@ -433,6 +435,7 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, flag) < 1:
                 raise GanfitError(f"--{flag} {getattr(args, flag)}: choose a positive number")
         device = resolve_device(args.device)
+        check_npz(Path(args.gan), "GAN texture weights", "export one with ganfit train-texture --export")
         try:
             with np.load(args.gan, allow_pickle=False) as data:
                 kind, gan = str(data["kind"]), json.loads(str(data["config"]))

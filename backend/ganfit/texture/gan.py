@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from torch import nn
 
 from ganfit.errors import ModelDataError
 from ganfit.io.atomic import atomic_savez
+from ganfit.models.limits import check_npz
 from ganfit.texture.detail import DetailNetwork, detail_from_arrays
 
 __all__ = [
@@ -582,6 +584,7 @@ def _dequantise(values: np.ndarray, scale: np.ndarray) -> torch.Tensor:
 def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any], torch.Tensor, torch.Tensor]:
     """Generator (float32, frozen, eval), info, W mean and covariance from exported weights."""
     file = Path(path)
+    check_npz(file, "GAN texture weights", "re-export them (docs/texture-model.md)")  # before numpy reads any data
     try:
         with np.load(file, allow_pickle=False) as data:
             if str(data["kind"]) != "gan":
@@ -598,7 +601,7 @@ def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any], torch.T
                     state[name] = _dequantise(data[key], data[f"q8scale/{name}"])
             w_mean = torch.from_numpy(data["w_mean"].astype(np.float32))
             w_cov = torch.from_numpy(data["w_cov"].astype(np.float32))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelDataError(f"cannot read GAN texture weights {file}: {exc}; re-export them") from exc
     generator = Generator(config)
     missing, unexpected = generator.load_state_dict(state, strict=False)
@@ -610,10 +613,11 @@ def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any], torch.T
 
 def load_detail(path: str | Path) -> DetailNetwork | None:
     """The detail stage stored in a GAN export (format 3, ``train-texture-detail --export``), or None."""
+    check_npz(Path(path), "GAN texture weights", "re-export them (docs/texture-model.md)")
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             return detail_from_arrays(data)
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelDataError(f"cannot read the detail stage of {path}: {exc}; re-export it") from exc
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from PIL import Image
 
 from ganfit.errors import ModelDataError
+from ganfit.models.limits import check_npz
 
 __all__ = [
     "CONFIDENCE_SUFFIX",
@@ -50,6 +52,8 @@ Split = Literal["train", "test", "all"]
 #: The texture GAN the project trained and ships (issue 5), with its provenance beside it
 #: (``texture_gan.json``: data, licence, configuration, steps, quality figures).
 SHIPPED_GAN = Path(__file__).resolve().parents[1] / "models" / "data" / "texture_gan.npz"
+#: What to do about a texture model file that cannot be read.
+TEXTURE_HINT = "give a texture model .npz written by ganfit (--texture-model gan for the shipped one; docs/texture-model.md)"
 
 
 @runtime_checkable
@@ -85,10 +89,12 @@ def load_texture_model(path: str | Path, device: str | torch.device | None = Non
     file = Path(path)
     if not file.is_file():
         raise ModelDataError(f"texture model {file} not found: train one (docs/texture-model.md) or fix the path")
+    # Empty, truncated, foreign or oversized files are refused here, before numpy reads a byte of data.
+    check_npz(file, "Texture model", TEXTURE_HINT)
     try:
         with np.load(file, allow_pickle=False) as data:
             kind = str(data["kind"]) if "kind" in data.files else ""
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # damaged data past the headers
         raise ModelDataError(f"{file} is not a texture model file (.npz): {exc}") from exc
     if kind == "pca":
         from ganfit.texture.pca import PcaTextureModel

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +32,7 @@ from torch import nn
 
 from ganfit.errors import ModelDataError
 from ganfit.io.atomic import atomic_savez
+from ganfit.models.limits import check_npz
 from ganfit.texture.model import Split, UvTextureSet
 
 __all__ = ["PcaFitSettings", "PcaTextureModel", "fit_pca", "fit_pca_arrays", "main", "register", "run"]
@@ -143,6 +145,7 @@ class PcaTextureModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> PcaTextureModel:
         file = Path(path)
+        check_npz(file, "PCA texture model", "refit it (docs/texture-model.md)")  # before numpy reads any data
         try:
             with np.load(file, allow_pickle=False) as data:
                 if str(data["kind"]) != "pca":
@@ -156,7 +159,7 @@ class PcaTextureModel(nn.Module):
                     torch.from_numpy(data["explained_variance_ratio"].astype(np.float32)),
                     json.loads(str(data["info"])),
                 )
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ModelDataError(f"cannot read PCA texture model {file}: {exc}; refit it") from exc
         return model.to(device) if device is not None else model
 

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ganfit.errors import GanfitError, ModelDataError
+from ganfit.models.limits import check_zip_members
 from ganfit.texture.gan import GanConfig, Generator, make_discriminator, save_generator
 from ganfit.texture.model import UvTextureSet
 from ganfit.texture.pca import PcaFitSettings, fit_pca_arrays
@@ -312,6 +313,8 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    # torch allocates each archive member's declared size before reading it: check first.
+    check_zip_members(path, "Checkpoint", "delete it to resume from an older one")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
