@@ -262,6 +262,47 @@ def test_100_megapixel_photo_loads_without_bomb_warning(tmp_path: Path) -> None:
     assert (photo.pixels == 100).all()
 
 
+def test_144_megapixel_16_bit_grey_png_stays_small_in_memory(tmp_path: Path) -> None:
+    """Issue 16: a 144 MP 16-bit PNG under the pixel cap peaked at 3.5 GB (float64 temporaries of
+    the whole image, then a full-size RGB copy). Its decoded pixels are 288 MB; the load runs in
+    a child whose address space may grow 1.5 GiB past its imports, and its peak may grow 1 GiB."""
+    import json
+    import subprocess
+    import sys
+
+    side = 12_000
+    path = tmp_path / "scan16.png"
+    packer = zlib.compressobj(1)
+    ramp = (np.arange(side, dtype=np.uint32) * 65535 // (side - 1)).astype(">u2")
+    with path.open("wb") as stream:
+        def chunk(kind: bytes, data: bytes) -> None:
+            stream.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+
+        stream.write(b"\x89PNG\r\n\x1a\n")
+        chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
+        parts = [packer.compress(b"\0" + ramp.tobytes()) for _ in range(side)]  # every row a left-right ramp
+        chunk(b"IDAT", b"".join(parts) + packer.flush())
+        chunk(b"IEND", b"")
+    child = (
+        "import json, resource, sys\n"
+        "from ganfit.io.images import load_photo\n"
+        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 29), resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "photo = load_photo(sys.argv[1])\n"
+        "grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024\n"
+        "row = photo.pixels[photo.pixels.shape[0] // 2]\n"
+        "print(json.dumps({'shape': photo.pixels.shape, 'grew_mib': grew, 'ends': [int(row[0, 0]), int(row[-1, 0])],"
+        " 'grey': bool((photo.pixels == photo.pixels[..., :1]).all())}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["shape"] == [2048, 2048, 3] and outcome["grey"], outcome
+    assert outcome["ends"][0] < 3 and outcome["ends"][1] > 252, outcome  # scaled, not clipped
+    assert outcome["grew_mib"] < 1024, outcome
+
+
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims a size; Pillow reads only the header before we check it."""
 

@@ -13,7 +13,9 @@ Choices, and why:
   light estimation, and it is what the fitting masks out anyway.
 - **16-bit and float images** (``I;16*``, ``I``, ``F``) are scaled to 8 bit, not clipped:
   ``I;16*`` by 255/65535; ``I``/``F`` by their value range (0-1 floats, 0-255, 0-65535), and
-  anything else is stretched linearly from its minimum to its maximum.
+  anything else is stretched linearly from its minimum to its maximum. The scaling runs on
+  strips of rows, and grey or plain RGB images are downscaled before ``to_rgb8`` copies them,
+  so a 144 MP 16-bit grey PNG peaks at ~0.6 GB (mostly its decoded pixels) instead of 3.5 GB.
 - **Colour profiles**: an embedded ICC profile (CMYK print files, Display P3 phone photos) is
   converted to sRGB with Pillow's littleCMS; if that fails the plain conversion is used.
 - **Large photos** are decoded at a reduced JPEG scale when possible (``draft``, much less
@@ -54,6 +56,11 @@ MAX_PHOTO_PIXELS = 150_000_000
 
 #: Colour that transparent pixels are composited over (see the module docstring for why).
 TRANSPARENT_BACKGROUND = (128, 128, 128)
+
+#: Pillow modes with more than 8 bits per sample, scaled to 8 bit by ``_high_bit_depth_to_uint8``.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+#: Pixels scaled at a time (float64 temporaries of ~32 MB per strip, whatever the photo's size).
+_STRIP_PIXELS = 1 << 22
 
 _HEIF_SUFFIXES = {".heic", ".heif", ".avif"}
 _RAW_SUFFIXES = {".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".dng", ".pef", ".srw"}
@@ -236,12 +243,20 @@ def _decode(image: Image.Image, name: str, max_side: int | None) -> tuple[np.nda
                         name, orientation, exc)
             original_size = (width, height)
 
-    rgb = to_rgb8(image)
+    target = None
     if scale != 1.0:
         target = (
             max(1, round(original_size[0] * scale)),
             max(1, round(original_size[1] * scale)),
         )
+    if image.mode in _HIGH_BIT_DEPTH_MODES:  # to 8-bit grey first, one byte a pixel
+        image = Image.fromarray(_high_bit_depth_to_uint8(image))
+    if target is not None and image.size != target and _plain_grey_or_rgb(image):
+        # to_rgb8 only copies such an image (grey: into three equal channels), so shrinking first
+        # gives the same pixels without a full-size copy (Pillow's RGB takes 4 bytes a pixel).
+        image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    rgb = to_rgb8(image)
+    if target is not None:
         if rgb.size != target:
             rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
         scale = target[0] / original_size[0]
@@ -249,6 +264,14 @@ def _decode(image: Image.Image, name: str, max_side: int | None) -> tuple[np.nda
     if pixels.ndim != 3 or pixels.shape[2] != 3:  # defensive: to_rgb8 always gives RGB
         raise InputImageError(f"{name}: unsupported image layout {pixels.shape}; pass a JPEG or PNG photo")
     return pixels, original_size, scale
+
+
+def _plain_grey_or_rgb(image: Image.Image) -> bool:
+    """True when ``to_rgb8`` is a plain copy of the image's channels: grey or RGB with no
+    transparency and (for RGB) no colour profile to convert through."""
+    if "transparency" in image.info:
+        return False
+    return image.mode == "L" or (image.mode == "RGB" and not image.info.get("icc_profile"))
 
 
 def _exif_orientation(image: Image.Image) -> int | None:
@@ -267,7 +290,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     ignores colour profiles.
     """
     mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if mode in _HIGH_BIT_DEPTH_MODES:
         return Image.fromarray(_high_bit_depth_to_uint8(image)).convert("RGB")
 
     if mode == "P" or mode == "PA":
@@ -311,16 +334,41 @@ def _icc_to_srgb(image: Image.Image, icc: bytes) -> Image.Image | None:
 
 
 def _high_bit_depth_to_uint8(image: Image.Image) -> np.ndarray:
-    """Scale a 16-bit integer, 32-bit integer or float greyscale image to uint8 without clipping."""
+    """Scale a 16-bit integer, 32-bit integer or float greyscale image to uint8 without clipping.
+
+    Works on strips of rows (``_STRIP_PIXELS``): the float64 arithmetic over a whole 144 MP
+    image would take four 1.1 GB temporaries.
+    """
     mode = image.mode
-    values = np.asarray(image)
+    width, height = image.size
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+    strips = [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+    def strip(top: int, bottom: int) -> np.ndarray:
+        return np.asarray(image.crop((0, top, width, bottom))).astype(np.float64)
+
+    low = high = 0.0
+    if not mode.startswith("I;16"):  # the value range decides the scaling: one pass to find it
+        lows, highs = [], []
+        for top, bottom in strips:
+            values = strip(top, bottom)
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                lows.append(float(finite.min()))
+                highs.append(float(finite.max()))
+        if lows:
+            low, high = min(lows), max(highs)
+    out = np.empty((height, width), np.uint8)
+    for top, bottom in strips:
+        out[top:bottom] = _scale_to_255(strip(top, bottom), mode, low, high)
+    return out
+
+
+def _scale_to_255(values: np.ndarray, mode: str, low: float, high: float) -> np.ndarray:
+    """Values of a high-bit-depth image in [0, 255] (rounded), given the image's finite range."""
     if mode.startswith("I;16"):
-        values = values.astype(np.float64) * (255.0 / 65535.0)
+        values = values * (255.0 / 65535.0)
     else:
-        values = values.astype(np.float64)
-        finite = values[np.isfinite(values)]
-        low = float(finite.min()) if finite.size else 0.0
-        high = float(finite.max()) if finite.size else 0.0
         if low >= 0.0 and high <= 1.0 and mode == "F":
             values = values * 255.0
         elif low >= 0.0 and high <= 255.0:
