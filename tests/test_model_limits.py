@@ -486,3 +486,15 @@ def test_shipped_models_pass_the_checks_with_room(path: Path) -> None:
     with np.load(path, allow_pickle=False) as data:
         assert sorted(names) == sorted(data.files)
         assert max(data[k].nbytes for k in data.files) < limits.array_limit() // 16
+
+
+def test_pickle_files_larger_than_a_model_file_may_be_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restricted unpickler reads the whole file: its size is checked first (limit lowered here)."""
+    from ganfit.models.safe_pickle import load_pickle_file
+
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(pickle.dumps({"v_template": np.zeros((1000, 3))}, protocol=2))
+    monkeypatch.setenv(limits.LIMIT_ENV, str(4096 / (1 << 30)))  # 4 KiB an array, 16 KiB a file
+    with pytest.raises(ModelDataError, match="more than the 16.0 KiB a model file may take") as info:
+        load_pickle_file(path, "FLAME model", "check it")
+    assert str(path) in str(info.value) and limits.LIMIT_ENV in str(info.value)

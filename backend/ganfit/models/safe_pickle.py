@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import ModelDataError
-from .limits import DeclaredSizeError, SizeBudget, check_declared, nested_shape
+from .limits import DeclaredSizeError, SizeBudget, check_declared, check_file_size, nested_shape
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
@@ -318,6 +318,8 @@ def load_pickle_file(path: Path, what: str, hint: str) -> Any:
     ``what`` names the expected content in messages ("FLAME model"); ``hint`` says what to do.
     """
     budget = SizeBudget(path, what, hint)
+    if path.is_file() and path.stat().st_size > 0:  # an empty file is reported as truncated below
+        check_file_size(path, what, hint)  # the whole pickle is read into memory
     try:
         with path.open("rb") as stream:
             return load_restricted(stream, budget)
