@@ -58,6 +58,12 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         description="Make the fitted camera the scene camera and set the render size to the photo's",
         default=True,
     )
+    place_apart: BoolProperty(  # type: ignore[valid-type]
+        name="Place apart",
+        description=("Move the head with its camera and light clear of the scene's objects and earlier "
+                     "results, and frame the view on it; off: at the world origin, as the engine fitted it"),
+        default=True,
+    )
 
     def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         if not self.directory:
@@ -67,6 +73,7 @@ class GANFIT_OT_import_result(bpy.types.Operator):
             match_engine_colour=self.match_engine_colour,
             set_world=self.set_world,
             set_scene_camera=self.set_scene_camera,
+            place_apart=self.place_apart,
         )
         try:
             built = scene_import.import_result(context, Path(bpy.path.abspath(self.directory)), options)
@@ -78,7 +85,7 @@ class GANFIT_OT_import_result(bpy.types.Operator):
             self.report({"ERROR"}, f"Import failed ({type(exc).__name__}: {exc}); see the system console")
             return {"CANCELLED"}
         scene_import.select_only(context, built.head)
-        self.report({"INFO"}, f"Imported {built.collection.name}")
+        self.report({"INFO"}, f"Imported {built.collection.name}: {built.where()}")
         return {"FINISHED"}
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[OperatorReturnItems]:

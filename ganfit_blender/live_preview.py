@@ -16,15 +16,16 @@ from typing import Any, TypeVar
 import bpy
 import numpy as np
 import numpy.typing as npt
+from mathutils import Vector
 
 from .result_reader import Float32Array, model_to_blender
+from .scene_import import DEFAULT_CLEARANCE, PREVIEW_PROPERTY, free_offset
 
 __all__ = ["PREVIEW_PROPERTY", "PreviewError", "decode_array", "LivePreview"]
 
 log = logging.getLogger(__name__)
 
-#: Custom property on the preview object and collection: the job id they belong to.
-PREVIEW_PROPERTY = "ganfit_preview"
+# PREVIEW_PROPERTY (from scene_import): on the preview's object and collection, the job id.
 
 
 class PreviewError(ValueError):
@@ -130,6 +131,10 @@ class LivePreview:
             collection[PREVIEW_PROPERTY] = self.job
             self._names.collection = collection.name
             collection.objects.link(obj)
+            # Where the result will land: clear of the scene's meshes, not inside the cube.
+            low = Vector(coords.reshape(-1, 3).min(axis=0).tolist())
+            high = Vector(coords.reshape(-1, 3).max(axis=0).tolist())
+            obj.location = free_offset(scene, low, high, DEFAULT_CLEARANCE, ignore=(obj,))
             scene.collection.children.link(collection)
         except Exception:
             self.remove()

@@ -45,6 +45,7 @@ class ImportOptions:
     match_engine_colour: bool = True  # texture as Non-Color data and the scene's view transform Raw
     set_world: bool = True  # ambient light as the scene's world colour
     set_scene_camera: bool = True  # make the fitted camera the scene camera and set the resolution
+    place_apart: bool = True  # move the new rig clear of what the scene holds, and frame the view on it
 
 
 @dataclass
@@ -57,6 +58,12 @@ class ImportedScene:
     light: bpy.types.Object
     material: bpy.types.Material
     world: bpy.types.World | None
+    offset: Vector = field(default_factory=lambda: Vector((0.0, 0.0, 0.0)))  # where the rig was moved
+
+    def where(self) -> str:
+        """Where the head went, for the import's report."""
+        at = self.head.location
+        return f"head at ({at.x:.2f}, {at.y:.2f}, {at.z:.2f}) m"
 
 
 _ID = TypeVar("_ID", bound=bpy.types.ID)
@@ -99,12 +106,83 @@ def import_result_data(
     created = _Created()
     try:
         built = _build(data, options, created)
+        if options.place_apart:
+            built.offset = place_apart(scene, built, data)
         _link(scene, built, data, options)
     except Exception:
         created.remove_all()
         raise
-    log.info("imported %s into scene %s", data.folder, scene.name)
+    if options.place_apart:
+        frame_view(context, built.head)
+    log.info("imported %s into scene %s, %s", data.folder, scene.name, built.where())
     return built
+
+
+#: Custom property marking the live preview's datablocks (live_preview): the result replaces
+#: the preview, so placing the result ignores it.
+PREVIEW_PROPERTY = "ganfit_preview"
+#: Step between the places tried for a new head, in metres (Blender units).
+PLACE_STEP = 0.1
+#: Room kept free around a head that has no camera to size it by (the live preview), in metres.
+DEFAULT_CLEARANCE = 0.3
+
+
+def _bounds(obj: bpy.types.Object) -> tuple[Vector, Vector]:
+    """World-space axis-aligned bounds of an object's bounding box. An unparented object's own
+    transform is used, not ``matrix_world``, which is stale until the scene is evaluated (an
+    import that just moved an object, or two imports in one script)."""
+    matrix = obj.matrix_basis if obj.parent is None else obj.matrix_world
+    corners = [matrix @ Vector(corner) for corner in obj.bound_box]
+    return (Vector([min(c[i] for c in corners) for i in range(3)]),
+            Vector([max(c[i] for c in corners) for i in range(3)]))
+
+
+def free_offset(scene: bpy.types.Scene, low: Vector, high: Vector, clearance: float,
+                ignore: tuple[bpy.types.Object, ...] = ()) -> Vector:
+    """The smallest move along +X that puts a box (``low``..``high``, grown by ``clearance`` on
+    every side) clear of every mesh in the scene: a new head lands neither inside the default
+    cube nor on an earlier head, and no earlier head shows up near it in its camera."""
+    boxes = [_bounds(obj) for obj in scene.objects
+             if obj.type == "MESH" and obj not in ignore and PREVIEW_PROPERTY not in obj.keys()]
+    grow = Vector((clearance, clearance, clearance))
+    low, high = low - grow, high + grow
+    for step in range(100_000):
+        shift = Vector((step * PLACE_STEP, 0.0, 0.0))
+        a, b = low + shift, high + shift
+        if not any(all(a[i] < hi[i] and lo[i] < b[i] for i in range(3)) for lo, hi in boxes):
+            return shift
+    return Vector((max((hi.x for _lo, hi in boxes), default=0.0) - low.x, 0.0, 0.0))
+
+
+def place_apart(scene: bpy.types.Scene, built: ImportedScene, data: ResultData) -> Vector:
+    """Move the head, its camera and its light together (so the camera still matches the
+    photo) to a free spot. The room kept around the head is what its camera sees beside it."""
+    cam = data.camera
+    centre = data.vertices.mean(axis=0)
+    distance = float(np.linalg.norm(np.asarray(cam.position) - centre))
+    clearance = max(distance * 0.5 / max(float(cam.focal), 1e-3), DEFAULT_CLEARANCE)
+    low, high = _bounds(built.head)
+    offset = free_offset(scene, low, high, clearance, ignore=(built.head, built.camera, built.light))
+    for obj in (built.head, built.camera, built.light):
+        obj.location = obj.location + offset  # unparented: location is the world position
+    return offset
+
+
+def frame_view(context: bpy.types.Context, obj: bpy.types.Object) -> None:
+    """Centre every 3D viewport on ``obj`` at a distance that shows it whole: a 0.24 m head
+    was about 20 px across at the default zoom. No-op without a window (background mode)."""
+    low, high = _bounds(obj)
+    centre = (low + high) / 2
+    size = max((high - low).length, 0.05)
+    window_manager = context.window_manager
+    for window in window_manager.windows if window_manager is not None else ():
+        screen = window.screen
+        for area in screen.areas if screen is not None else ():
+            space = area.spaces.active
+            if area.type == "VIEW_3D" and isinstance(space, bpy.types.SpaceView3D) and space.region_3d is not None:
+                space.region_3d.view_location = centre
+                space.region_3d.view_distance = size * 2.5
+                area.tag_redraw()
 
 
 def _build(data: ResultData, options: ImportOptions, created: _Created) -> ImportedScene:

@@ -164,3 +164,49 @@ def test_failure_midway_leaves_nothing(installed_addon: str, engine_result: Path
     with pytest.raises(RuntimeError, match="simulated failure"):
         bpy.ops.ganfit.import_result(directory=str(engine_result))
     assert {name: len(getattr(bpy.data, name)) for name in before} == before
+
+
+# --- where the head lands (issue 18, item 2) ------------------------------------------------
+
+
+def _box(obj) -> tuple[np.ndarray, np.ndarray]:
+    bpy.context.view_layer.update()
+    corners = np.array([list(obj.matrix_world @ Vector(c)) for c in obj.bound_box])
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _overlap(a, b) -> bool:
+    return bool(np.all(a[0] < b[1]) and np.all(b[0] < a[1]))
+
+
+def test_heads_land_clear_of_the_cube_and_of_each_other(installed_addon: str, engine_result: Path) -> None:
+    """A 0.24 m head used to land at the origin inside the default 2 m cube, and a second result
+    on top of the first; now each lands clear, its camera and light moved with it."""
+    import sys
+
+    scene_import = sys.modules[f"{installed_addon}.scene_import"]
+    empty_scene()
+    alone = scene_import.import_result(bpy.context, engine_result)
+    bpy.context.view_layer.update()
+    reference = alone.camera.matrix_world.inverted() @ alone.head.matrix_world
+    light_to_head = alone.head.matrix_world.inverted() @ alone.light.matrix_world
+
+    bpy.ops.wm.read_homefile(use_empty=False)  # the startup file: cube, camera, light
+    cube = bpy.data.objects["Cube"]
+    first = scene_import.import_result(bpy.context, engine_result)
+    second = scene_import.import_result(bpy.context, engine_result)
+    assert first.offset.length > 1.0  # out of the 2 m cube
+    assert not _overlap(_box(first.head), _box(cube))
+    assert not _overlap(_box(second.head), _box(cube)) and not _overlap(_box(second.head), _box(first.head))
+    # The cameras still see their heads exactly as the photo did; so do the lights.
+    bpy.context.view_layer.update()
+    for built in (first, second):
+        np.testing.assert_allclose(np.array(built.camera.matrix_world.inverted() @ built.head.matrix_world),
+                                   np.array(reference), atol=1e-5)
+        np.testing.assert_allclose(np.array(built.head.matrix_world.inverted() @ built.light.matrix_world),
+                                   np.array(light_to_head), atol=1e-5)
+    # The first head is outside what the second camera sees beside its head.
+    gap = _box(second.head)[0][0] - _box(first.head)[1][0]
+    assert gap > 0.2, gap
+    assert "head at (" in second.where() and f"{second.head.matrix_world.translation.x:.2f}" in second.where()
+    empty_scene()
