@@ -249,7 +249,8 @@ def _new_node(tree: bpy.types.NodeTree, kind: type[_Node]) -> _Node:
     return node
 
 
-def _connect(tree: bpy.types.NodeTree, source: bpy.types.Node, output: str, target: bpy.types.Node, input: str) -> None:
+def _connect(tree: bpy.types.NodeTree, source: bpy.types.Node, output: str | int, target: bpy.types.Node,
+             input: str | int) -> None:
     """Link ``source``'s output socket to ``target``'s input socket, by name (the stubs type
     the node subclasses' socket collections as optional; Blender's nodes always have them)."""
     outputs: Any = source.outputs
@@ -257,7 +258,7 @@ def _connect(tree: bpy.types.NodeTree, source: bpy.types.Node, output: str, targ
     tree.links.new(outputs[output], inputs[input])
 
 
-def _set_input(node: bpy.types.Node, name: str, value: Any) -> None:
+def _set_input(node: bpy.types.Node, name: str | int, value: Any) -> None:
     """Set an input socket's default value (the socket's class, and so the value's type,
     depends on the socket, which the stubs cannot know from its name)."""
     socket: Any = node.inputs[name]
@@ -322,7 +323,54 @@ def _build_material(name: str, data: ResultData, options: ImportOptions, created
     tex.extension = "EXTEND"
     tex.location = (bsdf.location.x - 350, bsdf.location.y)
     _connect(tree, tex, "Color", bsdf, "Base Color")
+    if options.set_world:
+        _add_unoccluded_ambient(tree, tex, bsdf, data)
     return material
+
+
+#: How far the head's own occlusion of the ambient world is looked for (metres): the mouth
+#: cavity, eye sockets and nostrils are all within a few centimetres.
+SELF_OCCLUSION_DISTANCE = 0.1
+
+
+def _add_unoccluded_ambient(tree: bpy.types.ShaderNodeTree, tex: bpy.types.ShaderNodeTexImage,
+                            bsdf: bpy.types.ShaderNodeBsdfPrincipled, data: ResultData) -> None:
+    """Give back the ambient light the head hides from itself (issue 18, item 8).
+
+    The engine's ambient term is unoccluded (albedo * ambient everywhere); in Cycles the world
+    that carries it is blocked by the head's own lips and mouth cavity, so on a smiling photo,
+    whose fitted light is mostly ambient, the teeth rendered dark olive (the ambient colour,
+    mostly occluded; measured on astronaut: the teeth matched the engine again with this
+    term). An emission of albedo * ambient * (1 - AO), with AO from the head alone
+    (``only_local``), adds back exactly the self-occluded share of a uniform world: other
+    objects of the scene still shadow the head."""
+    ao = _new_node(tree, bpy.types.ShaderNodeAmbientOcclusion)
+    ao.only_local = True
+    ao.samples = 8
+    _set_input(ao, "Distance", SELF_OCCLUSION_DISTANCE)
+    hidden = _new_node(tree, bpy.types.ShaderNodeMath)
+    hidden.operation = "SUBTRACT"
+    _set_input(hidden, 0, 1.0)
+    _connect(tree, ao, "AO", hidden, 1)
+    ambient = _new_node(tree, bpy.types.ShaderNodeMix)
+    ambient.data_type = "RGBA"
+    ambient.blend_type = "MULTIPLY"
+    _set_input(ambient, "Factor", 1.0)
+    _connect(tree, tex, "Color", ambient, 6)
+    _set_input(ambient, 7, (*np.maximum(data.light.ambient, 0.0).tolist(), 1.0))
+    scaled = _new_node(tree, bpy.types.ShaderNodeVectorMath)
+    scaled.operation = "SCALE"
+    _connect(tree, ambient, 2, scaled, 0)
+    _connect(tree, hidden, 0, scaled, "Scale")
+    emission = _new_node(tree, bpy.types.ShaderNodeEmission)
+    _connect(tree, scaled, 0, emission, "Color")
+    total = _new_node(tree, bpy.types.ShaderNodeAddShader)
+    output = _node(tree, bpy.types.ShaderNodeOutputMaterial)
+    _connect(tree, bsdf, "BSDF", total, 0)
+    _connect(tree, emission, "Emission", total, 1)
+    _connect(tree, total, "Shader", output, "Surface")
+    for offset, node in enumerate((ao, hidden, ambient, scaled, emission, total)):
+        node.location = (bsdf.location.x + 300 * (offset % 3), bsdf.location.y - 350 - 200 * (offset // 3))
 
 
 def _build_light(name: str, data: ResultData, created: _Created) -> bpy.types.Object:
