@@ -365,11 +365,15 @@ def _add_unoccluded_ambient(tree: bpy.types.ShaderNodeTree, tex: bpy.types.Shade
     emission = _new_node(tree, bpy.types.ShaderNodeEmission)
     _connect(tree, scaled, 0, emission, "Color")
     total = _new_node(tree, bpy.types.ShaderNodeAddShader)
-    output = _node(tree, bpy.types.ShaderNodeOutputMaterial)
     _connect(tree, bsdf, "BSDF", total, 0)
     _connect(tree, emission, "Emission", total, 1)
-    _connect(tree, total, "Shader", output, "Surface")
-    for offset, node in enumerate((ao, hidden, ambient, scaled, emission, total)):
+    # An output for Cycles only: the default output (all engines) keeps the plain BSDF, which is
+    # what EEVEE, the viewport's Material Preview and the glTF/FBX exporters read, so the term
+    # is never exported as an emissive texture that would make the head glow elsewhere.
+    cycles_output = _new_node(tree, bpy.types.ShaderNodeOutputMaterial)
+    cycles_output.target = "CYCLES"
+    _connect(tree, total, "Shader", cycles_output, "Surface")
+    for offset, node in enumerate((ao, hidden, ambient, scaled, emission, total, cycles_output)):
         node.location = (bsdf.location.x + 300 * (offset % 3), bsdf.location.y - 350 - 200 * (offset // 3))
 
 

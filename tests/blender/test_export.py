@@ -35,6 +35,11 @@ def test_glb_has_52_morph_targets_and_the_texture(head, tmp_path: Path) -> None:
     assert len(primitive["targets"]) == 52
     assert meshes[0]["extras"]["targetNames"][:3] == [k.name for k in head.data.shape_keys.key_blocks[1:4]]
     assert doc.get("images"), "the texture is embedded"
+    # The texture is the base colour only: the Cycles-only self-occlusion term must not be
+    # exported as an emissive texture (the head would glow in every other application).
+    (material,) = doc["materials"]
+    assert "baseColorTexture" in material["pbrMetallicRoughness"]
+    assert "emissiveTexture" not in material and not any(material.get("emissiveFactor", [0, 0, 0]))
 
 
 def test_fbx_is_written(head, tmp_path: Path) -> None:
