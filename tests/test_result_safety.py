@@ -44,7 +44,9 @@ from ganfit.io.result import (
 )
 from test_result_io import assert_same, siblings, synthetic_reconstruction
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+#: One thread per child: several torch processes spinning on two shared cores slow each other
+#: down many times over.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 LEFTOVER = re.compile(r"\..*\.(partial|old)(\..*)?$")
 
 
@@ -351,7 +353,7 @@ def test_writers_killed_at_random_moments_leave_a_whole_result(
              "--steps", "20", "--lighting-steps", "2", "--fit-steps", "1", "--seed", "7", "-q"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
         )
-        deadline = time.monotonic() + (120 if when == "writing" else rng.uniform(1.0, 12.0))
+        deadline = time.monotonic() + (60 if when == "writing" else rng.uniform(1.0, 12.0))
         while time.monotonic() < deadline and proc.poll() is None:
             if when == "writing" and any(n.endswith(".partial") for n in os.listdir(tmp_path)):
                 time.sleep(rng.uniform(0.0, 0.3))

@@ -385,7 +385,13 @@ def clean_leftovers(target: Path | str, what: str = "folder") -> None:
         names = os.listdir(target.parent)
     except (OSError, ValueError):
         return
-    found = [(m, target.parent / m.string) for m in map(pattern.fullmatch, names) if m]
+    prefix = f".{target.name if what == 'folder' else target.stem}."  # cheap test first: a
+    # dataset folder holds thousands of files and gets one atomic write per photo
+    found = [
+        (m, target.parent / m.string)
+        for m in map(pattern.fullmatch, (n for n in names if n.startswith(prefix)))
+        if m
+    ]
     olds = [(m, p) for m, p in found if m["kind"] == "old"]
     # the newest aside first: if several were left, it is the last result written
     olds.sort(key=lambda item: _ctime(item[1]), reverse=True)

@@ -393,8 +393,8 @@ def read_png(path: Path) -> np.ndarray:
                 )
             if image.mode != "RGB":
                 log.debug("%s: converting %s to RGB", path, image.mode)
-                image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8).copy()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8).copy()
     except ResultFileError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError,
