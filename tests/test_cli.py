@@ -207,8 +207,11 @@ def test_a_non_finite_loss_stops_the_stage():
     with pytest.raises(FitDivergedError, match="step 4 .*nan.*lower --lr"):
         check_finite_loss("landmark stage", 3, float("nan"), "lower --lr")
     check_loss_fell("landmark stage", [1.0, 0.5, 2.9], "lower --lr")
+    check_loss_fell("landmark stage", [0.0057, 0.05, 0.03], "lower --lr")  # a short fit's overshoot
     with pytest.raises(FitDivergedError, match="rose from 1 to 3.5"):
         check_loss_fell("landmark stage", [1.0, 0.5, 3.5], "lower --lr")
+    with pytest.raises(FitDivergedError, match="rose from 0.0057 to 0.334"):
+        check_loss_fell("landmark stage", [0.0057, 144.0, 0.334], "lower --lr")
 
 
 def test_each_keeps_every_result_inside_out(tmp_path: Path):
