@@ -13,6 +13,10 @@ read line by line for the progress shown in the preferences:
 
 An environment this run created is removed again when any step fails or is cancelled, so
 there is never a half-made one; one that was already complete is kept (pip only adds to it).
+Which PyTorch build to install is chosen here too (``detect_nvidia_gpu``, ``choose_torch``):
+the CUDA build is a 3 GB download, worth it only on a machine with an NVIDIA GPU. A failure is
+reported as one line naming its cause (``failure_cause``): no venv module, a certificate that
+pip cannot verify, a proxy, no network; else pip's last error and the log file.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +43,12 @@ __all__ = [
     "SetupPlan",
     "SetupProgress",
     "BackendSetup",
+    "TorchBuild",
+    "TORCH_CPU_INDEX",
+    "TORCH_CUDA_INDEX",
+    "detect_nvidia_gpu",
+    "choose_torch",
+    "failure_cause",
     "find_wheel",
     "venv_python",
     "complete_venv_python",
@@ -69,6 +80,16 @@ _DOWNLOADING = re.compile(r"^\s*Downloading (\S+)(?: \(([^)]+)\))?")
 _RAW_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
 _INSTALLING = re.compile(r"^\s*Installing collected packages: (.*)")
 _PIP_VERSION = re.compile(r"^pip (\d+)\.(\d+)")
+
+#: PyTorch's own index of CPU-only builds (about 200 MB instead of about 3 GB with CUDA on Linux).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: PyTorch's index of CUDA builds for Windows, where PyPI's torch is CPU-only. CUDA 12.8 runs on
+#: drivers from 570 on and covers GPUs up to the RTX 50 series; a later index can be set as the
+#: Package index instead.
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+#: Download of everything but PyTorch (numpy, Pillow, dlib-bin, dlib's face models, tqdm, the
+#: engine), in GB; docs/blender.md has the table these sizes come from.
+REST_DOWNLOAD_GB = 0.15
 
 #: (start, end) of the overall progress bar for each step.
 _SPANS = {"venv": (0.0, 0.1), "pip": (0.1, 0.15), "install": (0.15, 0.9), "check": (0.9, 1.0)}
@@ -130,6 +151,162 @@ def offline_reason(lines: Sequence[str]) -> str:
     return pip_error_line(lines)
 
 
+def _nvidia_smi(platform: str) -> str | None:
+    """nvidia-smi on PATH, else where NVIDIA's Windows driver puts it."""
+    found = shutil.which("nvidia-smi")
+    if found or not platform.startswith("win"):
+        return found
+    root = os.environ.get("SystemRoot", r"C:\Windows")
+    for path in (Path(root) / "System32" / "nvidia-smi.exe",
+                 Path(os.environ.get("ProgramFiles", r"C:\Program Files")) / "NVIDIA Corporation" / "NVSMI" / "nvidia-smi.exe"):
+        if path.is_file():
+            return str(path)
+    return None
+
+
+_SMI_GPU = re.compile(r"^GPU \d+: (.+?)(?: \(UUID: [^)]*\))?$")
+
+
+def detect_nvidia_gpu(platform: str = sys.platform, proc_gpus: Path = Path("/proc/driver/nvidia/gpus")) -> str | None:
+    """The name of this machine's NVIDIA GPU ("NVIDIA GPU" when it has none), else None.
+
+    Without torch, which is what is about to be installed: the NVIDIA driver's entries in
+    /proc on Linux, else ``nvidia-smi -L`` (on PATH, or in System32 on Windows). macOS never
+    has CUDA. A GPU without NVIDIA's driver is not found, and could not run CUDA either."""
+    if platform == "darwin":
+        return None
+    if platform.startswith("linux") and proc_gpus.is_dir():
+        for gpu in sorted(proc_gpus.iterdir()):
+            try:
+                text = (gpu / "information").read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                text = ""
+            model = re.search(r"^Model:\s*(.+?)\s*$", text, re.MULTILINE)
+            return model.group(1) if model else "NVIDIA GPU"
+    smi = _nvidia_smi(platform)
+    if smi is None:
+        return None
+    try:  # CREATE_NO_WINDOW: no console window flashes up over Blender on Windows
+        done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10,
+                              creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:  # e.g. "NVIDIA-SMI has failed ... couldn't communicate with the driver"
+        log.info("nvidia-smi -L failed: %s", (done.stdout + done.stderr).strip()[:200])
+        return None
+    for line in done.stdout.splitlines():
+        if match := _SMI_GPU.match(line.strip()):
+            return match.group(1)
+    return None
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    """The PyTorch build one set-up installs, and what it costs, shown before it starts."""
+
+    name: str  # e.g. "CPU-only PyTorch"
+    extra_index_urls: tuple[str, ...]
+    torch_gb: float  # PyTorch's download with its own libraries (CUDA's, triton)
+    disk_gb: float  # the whole environment once installed
+
+    @property
+    def download_gb(self) -> float:
+        return self.torch_gb + REST_DOWNLOAD_GB
+
+    def summary(self) -> str:
+        """'CPU-only PyTorch: about 350 MB to download, about 1 GB on disk'."""
+        return f"{self.name}: about {_size(self.download_gb)} to download, about {_size(self.disk_gb)} on disk"
+
+
+def _size(gb: float) -> str:
+    return f"{round(gb * 1000, -1):.0f} MB" if gb < 1 else f"{gb:.1f} GB".replace(".0 GB", " GB")
+
+
+def choose_torch(option: str, gpu: str | None, platform: str = sys.platform) -> TorchBuild:
+    """The build for the preferences' PyTorch option: "AUTO" (CUDA when ``gpu`` is an NVIDIA GPU,
+    else CPU-only), "CUDA" or "CPU". Sizes are those of docs/blender.md's table."""
+    cuda = option == "CUDA" or (option == "AUTO" and gpu is not None)
+    if platform == "darwin":  # PyPI's build: CPU and the Apple GPU; CUDA does not exist there
+        return TorchBuild("PyTorch for CPU and the Apple GPU", (), 0.08, 1.0)
+    if platform.startswith("win"):  # PyPI's torch is CPU-only on Windows; CUDA is on PyTorch's index
+        if cuda:
+            return TorchBuild("PyTorch with CUDA (NVIDIA GPU)", (TORCH_CUDA_INDEX,), 3.0, 6.0)
+        return TorchBuild("CPU-only PyTorch", (), 0.25, 1.0)
+    if cuda:  # Linux: PyPI's torch is the CUDA build, with NVIDIA's libraries as packages
+        return TorchBuild("PyTorch with CUDA (NVIDIA GPU)", (), 2.95, 5.6)
+    return TorchBuild("CPU-only PyTorch", (TORCH_CPU_INDEX,), 0.2, 1.0)
+
+
+# -- what went wrong: one line naming the cause -------------------------------------------------
+_VENV_MISSING = re.compile(r"No module named '?(?:venv|ensurepip)\b|ensurepip is not\s+available", re.IGNORECASE)
+_APT_VENV = re.compile(r"apt(?:-get)? install (python3(?:\.\d+)?-venv)")
+_CERTIFICATE = re.compile(r"CERTIFICATE_VERIFY_FAILED|SSLCertVerificationError|certificate verify failed", re.IGNORECASE)
+_CERTIFICATE_REASON = re.compile(r"certificate verify failed: ([^'\"()]+?)\s*(?:\(_ssl|['\")]|$)")
+_PROXY = re.compile(r"ProxyError|(?:Cannot|Unable to) connect to proxy|Proxy Authentication Required"
+                    r"|Tunnel connection failed[^'\")]*", re.IGNORECASE)
+#: The proxy's trouble, most telling first ("Cannot connect to proxy" wraps the others).
+_PROXY_REASONS = tuple(re.compile(pattern) for pattern in (
+    r"Tunnel connection failed: [^'\")]+", r"407 Proxy Authentication Required", r"Failed to resolve '[^']+'",
+    r"Connection refused", r"(?:Cannot|Unable to) connect to proxy", r"Failed to establish a new connection: [^'\")]+",
+))
+_HOST = re.compile(r"host='([^']+)'")
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "PIP_PROXY")
+
+
+def _proxies(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """Host name -> the proxy as shown (no user name or password) for the proxies pip may use."""
+    found: dict[str, str] = {}
+    for name in _PROXY_VARIABLES:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        parsed = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
+        if parsed.hostname:
+            port = f":{parsed.port}" if parsed.port else ""
+            found.setdefault(parsed.hostname, f"{parsed.scheme}://{parsed.hostname}{port}")
+    return found
+
+
+def failure_cause(lines: Sequence[str], base_python: str = sys.executable, index: str = "",
+                  environ: dict[str, str] | None = None) -> str | None:
+    """One line naming the cause of a failed step, with what to do, when the output shows one.
+
+    Checked in this order, since the later kinds show up in the earlier ones' output too (pip
+    reports a certificate or proxy failure as a broken connection): no venv module or no
+    ensurepip (Debian and Ubuntu ship them as python3.X-venv), a certificate pip cannot
+    verify, a proxy that refuses or cannot be found, no network at all. None: no known cause."""
+    text = "\n".join(lines)
+    if _VENV_MISSING.search(text):
+        apt = _APT_VENV.search(text)
+        package = apt.group(1) if apt else (
+            f"python3.{sys.version_info.minor}-venv" if base_python == sys.executable else "python3-venv")
+        return (f"Blender's Python ({base_python}) has no venv module: install {package} "
+                f"(Debian/Ubuntu: sudo apt install {package}) and click Set up backend again, "
+                f"or set Engine Python to an interpreter that has ganfit")
+    if _CERTIFICATE.search(text):
+        host = next((m.group(1) for ln in lines if _CERTIFICATE.search(ln) and (m := _HOST.search(ln))), "")
+        url = re.search(r"Could not fetch URL (https://[^/\s]+)", text)
+        where = host or (urllib.parse.urlsplit(url.group(1)).hostname if url else "") or index or "the package index"
+        why = _CERTIFICATE_REASON.search(text)
+        return (f"pip could not verify the certificate of {where} "
+                f"(certificate verify failed: {why.group(1) if why else 'unknown issuer'}): on a network "
+                f"whose proxy or firewall inspects HTTPS, give pip its CA bundle (set PIP_CERT or "
+                f"REQUESTS_CA_BUNDLE to the .pem file) and click Set up backend again")
+    proxies = _proxies(os.environ if environ is None else environ)
+    proxy_hosts = {m.group(1) for m in _HOST.finditer(text)} & proxies.keys()
+    if _PROXY.search(text) or (proxy_hosts and is_offline(text)):
+        shown = ", ".join(proxies[h] for h in sorted(proxy_hosts)) or ", ".join(sorted(proxies.values()))
+        reason = next((m.group(0).strip() for pattern in _PROXY_REASONS if (m := pattern.search(text))), "")
+        detail = "; ".join(part for part in (shown, reason) if part)
+        return (f"pip could not get through the proxy ({detail or 'proxy error'}): check its address and "
+                f"password (HTTPS_PROXY, HTTP_PROXY or pip's proxy setting), or unset it on a network "
+                f"without a proxy, and click Set up backend again")
+    if is_offline(text):
+        return (f"Offline: pip could not reach {index or 'https://pypi.org/simple'} "
+                f"({offline_reason(lines) or 'no message'}); connect to the internet and click Set up backend again")
+    return None
+
+
 @dataclass(frozen=True)
 class SetupPlan:
     """What one set-up does. ``index_url`` "" means PyPI (or what pip's own config says)."""
@@ -142,6 +319,7 @@ class SetupPlan:
     extra_pip_args: tuple[str, ...] = ()  # appended to the engine's install (tests: --no-index ...)
     check_imports: tuple[str, ...] = ("ganfit", "torch", "dlib")
     log_path: Path | None = None  # pip's full output; default: beside the environment
+    download_note: str = ""  # what the install downloads, e.g. TorchBuild.summary(), shown as it starts
 
 
 @dataclass(frozen=True)
@@ -268,7 +446,8 @@ class BackendSetup:
 
     def _install(self, python: str) -> None:
         plan = self.plan
-        self._set(stage="Installing the engine and PyTorch", fraction=_SPANS["install"][0],
+        note = f" ({plan.download_note})" if plan.download_note else ""
+        self._set(stage=f"Installing the engine and PyTorch{note}", fraction=_SPANS["install"][0],
                   detail=plan.wheel.name)
         bar = "raw" if self._pip_version(python) >= (24, 1) else "off"
         command = [python, "-m", "pip", "install", "--prefer-binary", "--progress-bar", bar,
@@ -277,8 +456,8 @@ class BackendSetup:
         if self._last_rc != 0:
             if self._cancelled():
                 raise SetupError("cancelled")
-            if is_offline("\n".join(output)):
-                self._fail_offline(output)
+            if cause := self._cause(output):
+                raise SetupError(cause)
             raise SetupError(f"pip could not install the engine ({pip_error_line(output)}); see {self.log_path}")
 
     def _check(self, python: str) -> dict[str, str]:
@@ -349,6 +528,8 @@ class BackendSetup:
         if self._cancelled():
             raise SetupError("cancelled")
         if fail and self._last_rc != 0:
+            if cause := self._cause(lines):
+                raise SetupError(cause)
             detail = pip_error_line(lines) or f"exit status {self._last_rc}"
             raise SetupError(f"{what} ({detail}); see {self.log_path}")
         return lines
@@ -375,12 +556,9 @@ class BackendSetup:
             self._set(detail=f"Installing {count} package{'s' if count != 1 else ''} (this takes a minute)",
                       fraction=_SPANS["install"][1] - 0.1, download=None)
 
-    def _fail_offline(self, output: list[str]) -> None:
-        index = self.plan.index_url or "https://pypi.org/simple"
-        raise SetupError(
-            f"Offline: pip could not reach {index} ({offline_reason(output) or 'no message'}); "
-            f"connect to the internet and click Set up backend again"
-        )
+    def _cause(self, output: list[str]) -> str | None:
+        """The failure's cause in one line (failure_cause); the log keeps the rest."""
+        return failure_cause(output, base_python=self.plan.base_python, index=self.plan.index_url)
 
     def _cancelled(self) -> bool:
         with self._lock:
