@@ -8,6 +8,7 @@ then kills writers of it at random moments, SIGKILL and SIGTERM mixed.
 from __future__ import annotations
 
 import contextlib
+import io
 import dataclasses
 import errno
 import json
@@ -565,6 +566,23 @@ def test_damaged_head_npz_is_a_result_file_error(tmp_path: Path, recon: Reconstr
         (out / "head.npz").write_bytes(bytes(bad))
         with pytest.raises(ResultFileError, match="damaged"):
             read_result(out)
+
+
+def test_a_head_npz_declaring_a_huge_array_is_refused_unread(tmp_path: Path, recon: Reconstruction) -> None:
+    """A 1 KB head.npz whose vertices declare 4e10 floats: refused from its header, before
+    numpy allocates 160 GB (the memory this process gains stays small)."""
+    import resource
+    import zipfile
+
+    out = write_result(recon, tmp_path / "out", exports=False)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**10, 4)})
+    with zipfile.ZipFile(out / "head.npz", "w") as archive:
+        archive.writestr("vertices.npy", header.getvalue() + b"\0" * 64)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ResultFileError, match="damaged.*vertices"):
+        read_result(out)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
 # --- 8. the output location is checked before any fitting -------------------------------------

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ganfit import __version__ as ENGINE_VERSION
-from ganfit.errors import GanfitError, OutputError
+from ganfit.errors import GanfitError, ModelDataError, OutputError
+from ganfit.models.limits import check_npz
 from ganfit.io.atomic import (
     OS_LITTER,
     atomic_directory,
@@ -704,6 +705,11 @@ def read_result(path: Path | str, *, load_images: bool = True) -> Reconstruction
     document = _load_document(folder)
     paths = _files(folder, document)
     json_path = folder / RESULT_JSON
+    try:
+        # Declared array sizes first: a tiny head.npz declaring a huge array allocated it.
+        check_npz(_require_file(paths["mesh"]), "Result mesh", "reconstruct again")
+    except ModelDataError as exc:
+        raise ResultFileError(f"{paths['mesh']}: damaged ({exc})") from None
     try:
         with np.load(_require_file(paths["mesh"]), allow_pickle=False) as npz:
             missing = [name for name in _NPZ_ARRAYS if name not in npz.files]

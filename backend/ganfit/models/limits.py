@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -267,8 +268,8 @@ def check_npz(path: Path, what: str, hint: str) -> list[str]:
         raise
     except zipfile.BadZipFile as exc:
         raise ModelDataError(f"{what} file {path} cannot be read: not an .npz archive ({_short(exc)}): {hint}") from None
-    except (OSError, ValueError, EOFError, SyntaxError, zipfile.LargeZipFile, NotImplementedError) as exc:
-        # A truncated member, a bad CRC, a member that is not an .npy, an unknown compression.
+    except (OSError, ValueError, EOFError, SyntaxError, zipfile.LargeZipFile, NotImplementedError, zlib.error) as exc:
+        # A truncated member, a bad CRC or deflate stream, a member that is not an .npy, an unknown compression.
         reason = f"{exc.__class__.__name__}: {_short(exc)}"
         raise ModelDataError(f"{what} file {path} cannot be read: damaged, or not an .npz of arrays ({reason}): {hint}") from None
     return names
