@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import export_ops, expressions, preferences, reconstruct_op, result_reader, result_storage, scene_import
+from . import (animation_ops, export_ops, expressions, preferences, reconstruct_op, result_reader, result_storage,
+               scene_import)
 
 if TYPE_CHECKING:
     from bpy.stub_internal.rna_enums import OperatorReturnItems
@@ -120,12 +121,15 @@ class GANFIT_PT_main(bpy.types.Panel):
             layout.operator(export_ops.GANFIT_OT_export_head.bl_idname, icon="EXPORT")
 
 
-_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES, *export_ops.CLASSES)
+_CLASSES = (GANFIT_OT_import_result, GANFIT_PT_main, *expressions.CLASSES, *export_ops.CLASSES,
+            *animation_ops.CLASSES)
 
 
 def _menu_import(self: bpy.types.Menu, context: bpy.types.Context) -> None:
     if self.layout is not None:
         self.layout.operator(GANFIT_OT_import_result.bl_idname, text="GANFit Result (folder)")
+        self.layout.operator(animation_ops.GANFIT_OT_import_face_animation.bl_idname,
+                             text="GANFit Face Animation (Live Link Face CSV)")
 
 
 def register() -> None:

@@ -115,6 +115,8 @@ class GANFIT_PT_expressions(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator(GANFIT_OT_expression_reset.bl_idname, icon="LOOP_BACK")
         row.operator(GANFIT_OT_expression_restore.bl_idname, icon="RECOVER_LAST")
+        # by bl_idname: animation_ops imports this module (issue 18)
+        layout.operator("ganfit.import_face_animation", text="Import Face Animation (CSV)", icon="ACTION")
         keys = _shape_keys(obj)
         for group in [g for g, _ in GROUPS] + ["Other"]:
             members = [k for k in keys if group_of(k.name) == group]
