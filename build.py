@@ -29,6 +29,12 @@ MANIFEST = ROOT / "blender_manifest.toml"
 ADDON_DIR = ROOT / "ganfit_blender"
 WHEELS_DIR = ROOT / "wheels"
 _SKIP_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
+#: The seam's definitions, written once in the engine and vendored into the add-on as
+#: ``_seam/`` (ganfit_blender/seam.py reads them), so the two sides cannot drift (issue 18).
+SEAM_FILES = {
+    "protocol.py": ROOT / "backend" / "ganfit" / "protocol.py",
+    "result_schema.py": ROOT / "backend" / "ganfit" / "io" / "result_schema.py",
+}
 _SKIP_SUFFIXES = {".pyc", ".pyo", ".blend1"}
 
 
@@ -74,6 +80,9 @@ def assemble_zip(output_dir: Path) -> Path:
         archive.write(MANIFEST, MANIFEST.name)
         for path in _addon_files():
             archive.write(path, path.relative_to(ADDON_DIR).as_posix())
+        archive.writestr("_seam/__init__.py", '"""Copied from backend/ganfit by build.py: edit those files, not these."""\n')
+        for name, source in SEAM_FILES.items():
+            archive.write(source, f"_seam/{name}")
         for wheel in sorted(WHEELS_DIR.glob("*.whl")):
             archive.write(wheel, f"wheels/{wheel.name}")
     tmp.replace(zip_path)

@@ -23,6 +23,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+try:
+    from .seam import result_schema
+except ImportError:  # imported on its own, outside the package (the bpy-free reader's tests)
+    from seam import result_schema  # type: ignore[no-redef,import-not-found]
+
 __all__ = [
     "RESULT_FORMAT",
     "RESULT_VERSION",
@@ -36,14 +41,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT = "ganfit-result"
+# The format, defined once in the engine (backend/ganfit/io/result_schema.py, vendored by build.py).
+RESULT_FORMAT: str = result_schema.RESULT_FORMAT
 #: The newest result format version this add-on reads.
-RESULT_VERSION = 1
-RESULT_JSON = "result.json"
-#: result.json is read only up to this size (a real one is tens of kB): as the engine's reader.
-MAX_JSON_BYTES = 16 * 1024 * 1024
-#: A PNG declaring more pixels than this is refused before Blender decodes it (as the engine).
-MAX_PNG_PIXELS = 178_956_970
+RESULT_VERSION: int = result_schema.RESULT_VERSION
+RESULT_JSON: str = result_schema.RESULT_JSON
+MAX_JSON_BYTES: int = result_schema.MAX_JSON_BYTES
+MAX_PNG_PIXELS: int = result_schema.MAX_PNG_PIXELS
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Channels per PNG colour type (grey, RGB, palette, grey + alpha, RGBA).
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -51,13 +55,10 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 #: the compressed data is missing: the file was cut, or only declares a huge size.
 _DEFLATE_MAX_RATIO = 1100
 
-_NPZ_DTYPES: dict[str, type] = {
-    "vertices": np.float32,
-    "neutral_vertices": np.float32,
-    "faces": np.int32,
-    "uvs": np.float32,
-    "uv_faces": np.int32,
-    "expression_deltas": np.float32,
+#: The head.npz arrays the add-on reads, with their dtypes from the shared table.
+_NPZ_DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(result_schema.NPZ_ARRAYS[name][0])
+    for name in ("vertices", "neutral_vertices", "faces", "uvs", "uv_faces", "expression_deltas")
 }
 
 #: (x, y, z) model space (y up, face toward +z) -> Blender (z up, face toward -y): the

@@ -24,6 +24,20 @@ import numpy as np
 
 from ganfit import __version__ as ENGINE_VERSION
 from ganfit.errors import GanfitError, ModelDataError, OutputError
+from ganfit.io.result_schema import (  # the format, defined once with the add-on (build.py vendors it)
+    GLB_FILE,
+    MAX_JSON_BYTES,
+    MAX_PNG_PIXELS,
+    MESH_NPZ,
+    MTL_FILE,
+    NPZ_ARRAYS,
+    OBJ_FILE,
+    PREVIEW_PNG,
+    RESULT_FORMAT,
+    RESULT_JSON,
+    RESULT_VERSION,
+    TEXTURE_PNG,
+)
 from ganfit.models.limits import check_npz
 from ganfit.io.atomic import (
     OS_LITTER,
@@ -60,37 +74,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT = "ganfit-result"
-#: Major version. Additive changes (new optional keys or files) keep it; anything an older
-#: reader would misread bumps it, and older readers refuse the folder (docs/result-format.md).
-RESULT_VERSION = 1
-
-RESULT_JSON = "result.json"
-MESH_NPZ = "head.npz"
-TEXTURE_PNG = "texture.png"
-PREVIEW_PNG = "preview.png"
-OBJ_FILE = "head.obj"
-MTL_FILE = "head.mtl"
-GLB_FILE = "head.glb"
-
-#: Arrays stored in head.npz: name -> (dtype, shape with None for free sizes).
-_NPZ_ARRAYS: dict[str, tuple[type, tuple[int | str | None, ...]]] = {
-    "vertices": (np.float32, ("V", 3)),
-    "neutral_vertices": (np.float32, ("V", 3)),
-    "faces": (np.int32, ("F", 3)),
-    "uvs": (np.float32, ("T", 2)),
-    "uv_faces": (np.int32, ("F", 3)),
-    "expression_deltas": (np.float32, ("E", "V", 3)),
-    "landmark_indices": (np.int32, ("L",)),
-    "landmarks_2d": (np.float32, ("L", 2)),
+#: Arrays stored in head.npz: name -> (numpy dtype, shape with letters for sizes that agree).
+_NPZ_ARRAYS: dict[str, tuple[np.dtype, tuple[int | str, ...]]] = {
+    name: (np.dtype(dtype), shape) for name, (dtype, shape) in NPZ_ARRAYS.items()
 }
-
-#: result.json is read only up to this size: a real one is tens of kB, and a reader (or
-#: ``--force`` deciding what it may delete) must not load an arbitrary file into memory.
-MAX_JSON_BYTES = 16 * 1024 * 1024
-#: A PNG declaring more pixels than this is refused before it is decoded (Pillow's own
-#: decompression-bomb limit): 13,000 x 13,000 is far above any texture or photo we write.
-MAX_PNG_PIXELS = 178_956_970
 
 #: Fitted vertices must equal neutral + sum_e w_e delta_e to this many metres (0.1 mm).
 _EXPRESSION_TOLERANCE_M = 1e-4

@@ -1,0 +1,46 @@
+"""The engine protocol's shared definitions, written once (issue 18, "One seam, defined once").
+
+Standard library only: ``build.py`` copies this file into the Blender extension
+(``ganfit_blender/_seam/protocol.py``), where the add-on reads it through
+``ganfit_blender/seam.py``; the engine's ``serve.py`` and ``cli.py`` import it directly. So
+the protocol's version and the progress stages cannot drift between the two sides.
+"""
+
+from __future__ import annotations
+
+#: Changes whenever a request or event changes incompatibly (docs/protocol.md).
+PROTOCOL_VERSION = 1
+
+#: Reconstruction modes a request may name today, and those planned (paper section 4).
+MODES = ("ganfit",)
+PLANNED_MODES = ("fast", "ganfit++")
+
+#: A reconstruction's stages in order, each with its share of the whole progress bar (they sum
+#: to 1). Measured on the Default preset: the full-objective fit takes most of the time.
+STAGE_SHARES: dict[str, float] = {
+    "detect": 0.03,
+    "landmarks": 0.12,
+    "lighting": 0.15,
+    "fitting": 0.62,
+    "texture": 0.05,
+    "write": 0.03,
+}
+
+
+def stage_spans() -> dict[str, tuple[float, float]]:
+    """Each stage's (start, share) on a 0-1 progress bar, from ``STAGE_SHARES`` in order."""
+    spans: dict[str, tuple[float, float]] = {}
+    start = 0.0
+    for stage, share in STAGE_SHARES.items():
+        spans[stage] = (start, share)
+        start += share
+    return spans
+
+
+def progress_fraction(stage: str, step: int, total: int, default: float = 0.0) -> float:
+    """Where a progress event puts the bar (0-1); an unknown stage keeps ``default``."""
+    span = stage_spans().get(stage)
+    if span is None:
+        return default
+    start, share = span
+    return start + share * (min(step, total) / total if total > 0 else 1.0)
