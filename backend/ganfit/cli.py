@@ -181,12 +181,11 @@ class _ProgressBar:
         self._bar = tqdm(total=100, desc=name, unit="%", disable=not enabled, leave=True,
                          bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
         self._stage = ""
-        self._weights = {"detect": (0, 3), "landmarks": (3, 15), "lighting": (15, 30), "fitting": (30, 92),
-                         "texture": (92, 97), "write": (97, 100)}
 
     def __call__(self, event) -> None:
-        start, end = self._weights.get(event.stage, (0, 100))
-        value = start + (end - start) * event.step / max(event.total, 1)
+        from .protocol import progress_fraction  # the stages' shares, shared with the add-on
+
+        value = 100.0 * progress_fraction(event.stage, event.step, event.total, default=self._bar.n / 100.0)
         # Redraw on each whole percent or new stage: a log file gets ~100 lines, not thousands.
         if int(value) == int(self._bar.n) and event.stage == self._stage:
             return
