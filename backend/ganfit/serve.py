@@ -368,6 +368,29 @@ def _echo_id(request: dict[str, Any]) -> str | int | None:
 
 def serve(stdin: BinaryIO | TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     """Run the protocol on the given streams until 'shutdown' or end of input."""
-    return Server(stdin, stdout).run()
+    from .threads import engine_environment
+
+    engine_environment()  # before torch loads: its OpenMP pool starts with the engine's threads
+    server = Server(stdin, stdout)
+    try:
+        return server.run()
+    finally:
+        if server._closed:
+            _drop_stdout(stdout)
+
+
+def _drop_stdout(stdout: TextIO) -> None:
+    """The client is gone (Blender quit or was killed): point the process's stdout at the null
+    device, so the interpreter's flush at exit cannot print a BrokenPipeError into the log."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests' StringIO)
+        pass
 
 

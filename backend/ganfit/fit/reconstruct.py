@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..face.identity import IdentityNetwork
     from ..texture.model import TextureModel
 from ..render import MeshRenderer
+from ..threads import apply_threads
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
 from .appearance_stage import FaceCrop, fit_lighting
@@ -91,6 +92,7 @@ class Reconstructor:
         identity: "IdentityNetwork | None" = None,
     ):
         self.settings = settings
+        apply_threads()  # torch's default thread count collapses on a busy CPU (ganfit.threads)
         self.device = resolve_device(settings.device)
         self.dtype = torch.float32
         self.model = (shape_model or load_default_shape_model()).to(self.device)
