@@ -1,9 +1,12 @@
 """The add-on's side of ``python -m ganfit serve`` (docs/protocol.md): a child process that
 speaks JSON lines. Standard library only, no bpy, so it can be tested and used on its own.
 
-The engine starts lazily (on the first request), stays alive between reconstructions and is
-started afresh by the next request after it stopped or crashed. Its stderr goes to a log file
-in a temporary folder (``log_path``); error messages point there.
+The engine starts lazily (on the first request, or on a thread with ``begin_start`` so
+Blender's UI never waits for it), stays alive between reconstructions and is started afresh by
+the next request after it stopped or crashed. Its stderr goes to a log file in a temporary
+folder (``log_path``, ``ganfit-engine-<pid>-*``); error messages point there. ``close`` removes
+the folder, and a new client removes the folders of Blender sessions that are gone (killed
+ones included).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ PROTOCOL_VERSION = 1
 #: Seconds to wait for the engine's ``ready`` line (imports torch; slow on a cold disk).
 READY_TIMEOUT = 120.0
 
+#: The log folders' name prefix in the system temp folder; the creator's pid follows it.
+LOG_DIR_PREFIX = "ganfit-engine-"
+#: Where the pid cannot be checked (Windows), a log folder this old (seconds) counts as stale.
+STALE_LOG_AGE = 7 * 24 * 3600.0
+
 
 class EngineError(RuntimeError):
     """The engine could not be started or stopped unexpectedly; the message is one line."""
@@ -62,6 +70,48 @@ def check_python(python: str, timeout: float = 60.0) -> None:
         last = [ln for ln in done.stderr.splitlines() if ln.strip()]
         detail = last[-1].strip() if last else f"exit status {done.returncode}"
         raise EngineError(f"'ganfit' is not importable with {python} ({detail}); install the engine there or choose another interpreter")
+
+
+def _pid_alive(pid: int) -> bool | None:
+    """Whether process ``pid`` exists; None where that cannot be asked safely (Windows, where
+    ``os.kill`` would terminate it)."""
+    if os.name != "posix":
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_log_dirs(temp_dir: Path | None = None) -> list[Path]:
+    """Remove the ``ganfit-engine-<pid>-*`` folders whose Blender is gone (a crash or a kill
+    skips ``close``); the folders removed. Folders without a pid (older add-ons) go when their
+    files are a week old."""
+    root = Path(temp_dir or tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        folders = list(root.glob(LOG_DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for folder in folders:
+        pid_text = folder.name[len(LOG_DIR_PREFIX):].split("-", 1)[0]
+        alive = _pid_alive(int(pid_text)) if pid_text.isdigit() else None
+        if alive is None:
+            try:
+                newest = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+            except OSError:
+                continue
+            alive = time.time() - newest < STALE_LOG_AGE
+        if not alive and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder)
+    if removed:
+        log.info("removed %d engine log folder(s) of ended sessions", len(removed))
+    return removed
 
 
 @dataclass(frozen=True)
@@ -137,10 +187,14 @@ class EngineClient:
         self._proc: subprocess.Popen[str] | None = None
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader: threading.Thread | None = None
-        self._log_dir = Path(tempfile.mkdtemp(prefix="ganfit-engine-"))
+        remove_stale_log_dirs()
+        self._log_dir = Path(tempfile.mkdtemp(prefix=f"{LOG_DIR_PREFIX}{os.getpid()}-"))
         self.log_path = self._log_dir / "engine.log"
         self.version: str | None = None
         self._lock = threading.Lock()
+        self._starter: threading.Thread | None = None
+        self._start_error: EngineError | None = None
+        self._stopping = threading.Event()  # set by shutdown: a start under way stops
 
     # -- process ---------------------------------------------------------------------------
     @property
@@ -150,17 +204,59 @@ class EngineClient:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def _executable(self) -> str:
+        exe = shutil.which(self.python) if os.path.sep not in self.python else self.python
+        if not exe or not Path(exe).is_file():
+            raise EngineError(
+                f"engine Python interpreter not found: {self.python!r}; set it in the GANFit add-on preferences"
+            )
+        return exe
+
+    def begin_start(self) -> None:
+        """Start the engine on a thread and return at once (Blender's UI must not wait the
+        seconds torch takes to load); ``start_finished`` says when it is up. A missing
+        interpreter is raised here, at once."""
+        self._executable()
+        if self.ready() or self.starting():
+            return
+        self._start_error = None
+        self._starter = threading.Thread(target=self._start_in_background, name="ganfit-engine-start", daemon=True)
+        self._starter.start()
+
+    def _start_in_background(self) -> None:
+        try:
+            self.start()
+        except EngineError as exc:
+            self._start_error = exc
+        except Exception as exc:  # noqa: BLE001 - a bug: report it in one line, keep Blender running
+            log.exception("engine start failed")
+            self._start_error = EngineError(f"the engine could not be started ({type(exc).__name__}: {exc})")
+
+    def starting(self) -> bool:
+        """True while ``begin_start``'s thread runs."""
+        return self._starter is not None and self._starter.is_alive()
+
+    def ready(self) -> bool:
+        """True when the engine runs and has said ``ready`` (its reader thread is reading)."""
+        return self.alive() and self._reader is not None and self._reader.is_alive()
+
+    def start_finished(self) -> bool:
+        """Without waiting: True once the engine is ready, False while it starts; raises the
+        start's ``EngineError`` when it failed."""
+        if self.starting():
+            return False
+        if self._start_error is not None:
+            error, self._start_error = self._start_error, None
+            raise error
+        return self.ready()
+
     def start(self) -> None:
         """Start the engine (if not running) and wait for its ``ready`` event."""
         with self._lock:
             if self.alive():
                 return
             self._reap()
-            exe = shutil.which(self.python) if os.path.sep not in self.python else self.python
-            if not exe or not Path(exe).is_file():
-                raise EngineError(
-                    f"engine Python interpreter not found: {self.python!r}; set it in the GANFit add-on preferences"
-                )
+            exe = self._executable()
             self._events = queue.Queue()
             log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - the child owns it
             try:
@@ -174,6 +270,9 @@ class EngineClient:
             finally:
                 log_file.close()
             self._proc = proc
+            if self._stopping.is_set():
+                self._kill()
+                raise EngineError("the engine start was stopped (the add-on is shutting down)")
             deadline = time.monotonic() + READY_TIMEOUT
             ready: dict[str, Any] | None = None
             while ready is None:
@@ -245,7 +344,11 @@ class EngineClient:
 
     # -- requests and events ---------------------------------------------------------------
     def send(self, request: dict[str, Any]) -> None:
-        """Send one request, starting the engine first if it is not running."""
+        """Send one request, starting the engine first if it is not running (waiting for a
+        start under way)."""
+        starter = self._starter
+        if starter is not None and starter is not threading.current_thread():
+            starter.join(READY_TIMEOUT + 5)
         if not self.alive():
             self.start()
         proc = self._proc
@@ -272,8 +375,35 @@ class EngineClient:
     def last_log_line(self) -> str:
         return _last_line(self.log_path)
 
+    def kill(self) -> None:
+        """Kill the engine without waiting for it (an engine that stopped answering; Blender's
+        timers must not wait). The next request starts a new one."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass  # reaped by subprocess's next Popen
+        self._reap()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """``shutdown``, then remove the log folder (the add-on's exit: nothing is left behind)."""
+        try:
+            self.shutdown(timeout)
+        finally:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Ask the engine to stop, wait up to ``timeout`` s, then kill it."""
+        starter = self._starter
+        if starter is not None and starter.is_alive() and starter is not threading.current_thread():
+            self._stopping.set()  # a start under way kills its child and gives up
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            starter.join(timeout)
+            self._stopping.clear()
         proc = self._proc
         if proc is None:
             return

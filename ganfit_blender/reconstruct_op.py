@@ -6,7 +6,10 @@ panel's progress bar, the window's progress cursor and the header show stage and
 the panel's Cancel button stops it. With *Live mesh* on, a preview head (``live_preview``)
 appears after the first fitting steps and moves as the fit goes on. Run from a script
 (``bpy.ops.ganfit.reconstruct()`` calls ``execute``) it blocks until the engine's terminal
-event. Either way the result enters the scene only on ``done``, through
+event. Both run the same steps, and no step waits: the engine starts on a thread
+(``EngineClient.begin_start``) and the request is sent once it said ``ready``, so Blender's UI
+never freezes while the engine starts (issue 18: every step stays under 0.1 s, measured by
+tests/blender/test_engine_start.py). Either way the result enters the scene only on ``done``, through
 ``scene_import.import_result`` (all or nothing), and the preview is always removed, so a
 failed, cancelled or crashed reconstruction leaves nothing behind.
 """
@@ -97,7 +100,7 @@ def engine_client(context: bpy.types.Context | None = None) -> EngineClient | No
             "the interpreter that has ganfit installed there (or $GANFIT_PYTHON)"
         )
     if _client is not None and _client.python != python:
-        _client.shutdown()
+        _client.close()
         _client = None
     if _client is None:
         _client = EngineClient(python)
@@ -105,11 +108,12 @@ def engine_client(context: bpy.types.Context | None = None) -> EngineClient | No
 
 
 def shutdown_engine() -> None:
-    """Stop the engine process if one runs (add-on unregister, Blender exit)."""
+    """Stop the engine process if one runs and remove its log folder (add-on unregister,
+    Blender exit)."""
     global _client
     if _client is not None:
         try:
-            _client.shutdown()
+            _client.close()
         except Exception:  # noqa: BLE001 - at exit: never raise
             log.exception("engine shutdown failed")
         _client = None
@@ -207,6 +211,7 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
     _output: Path | None = None
     _cancel_at: float | None = None
     _preview: LivePreview | None = None
+    _request: dict[str, Any] | None = None  # sent once the engine is ready
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -230,14 +235,15 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             assert client is not None
             output = result_storage.new_result_folder(photo)
             job = uuid.uuid4().hex[:12]
-            client.send({
-                "type": "reconstruct", "id": job, "photos": [str(photo)], "output": str(output),
-                "force": False, "mode": str(settings.mode).lower(), "options": request_options(settings),
-                "mesh_updates": bool(settings.live_mesh),
-            })
+            client.begin_start()  # returns at once; _step sends the request when it is ready
         except EngineError as exc:
             self.report({"ERROR"}, str(exc))
             return False
+        self._request = {
+            "type": "reconstruct", "id": job, "photos": [str(photo)], "output": str(output),
+            "force": False, "mode": str(settings.mode).lower(), "options": request_options(settings),
+            "mesh_updates": bool(settings.live_mesh),
+        }
         self._client, self._job, self._output, self._cancel_at = client, job, output, None
         self._preview = LivePreview(job) if settings.live_mesh else None
         RUN.reset()
@@ -248,6 +254,8 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         """Handle the events that arrived; the operator's result once the job ended."""
         client = self._client
         assert client is not None
+        if self._request is not None:
+            return self._step_starting(client)
         if RUN.cancel_requested and self._cancel_at is None:
             self._cancel()
         dead = not client.alive() and client.reader_finished()  # before polling: no event lost
@@ -281,8 +289,28 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         if self._cancel_at is not None and time.monotonic() - self._cancel_at > CANCEL_GRACE:
             self._drop_preview()
             self.report({"WARNING"}, "Reconstruction cancelled (the engine did not answer; it is restarted next time)")
-            client.shutdown(timeout=2)
+            client.kill()
             return {"CANCELLED"}
+        return None
+
+    def _step_starting(self, client: EngineClient) -> set[OperatorReturnItems] | None:
+        """While the engine starts: nothing, then the request once it is ready. Cancelling
+        now leaves the engine starting for the next reconstruction."""
+        if RUN.cancel_requested:
+            self._request = None
+            self.report({"WARNING"}, "Reconstruction cancelled")
+            return {"CANCELLED"}
+        try:
+            if not client.start_finished():
+                return None
+            assert self._request is not None
+            client.send(self._request)  # a few hundred bytes into the pipe of a ready engine
+        except EngineError as exc:
+            self._request = None
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self._request = None
+        RUN.status = "GANFit: reconstructing"
         return None
 
     def _progress(self, event: dict[str, Any]) -> None:
@@ -374,6 +402,8 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         RUN.status = "GANFit: cancelling..."
         self._drop_preview()
         try:
+            if self._request is not None:  # not sent yet: the engine has nothing to cancel
+                return
             if self._client is not None and self._client.alive():
                 self._client.send({"type": "cancel", "id": self._job})
         except EngineError:
