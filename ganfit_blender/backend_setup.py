@@ -143,8 +143,17 @@ _NETWORK_REASON = re.compile(
 )
 
 
-def offline_reason(lines: Sequence[str]) -> str:
-    """The short network error in pip's output ("... Connection refused"), else its last error."""
+def offline_reason(lines: Sequence[str], index: str = "") -> str:
+    """The short network error in pip's output ("... Connection refused"), else its last error.
+    With ``index``, the error of a line about that index comes first (newer pips name its host,
+    older ones end the line with the URL's path): another index that failed too (PyTorch's) is
+    not the one reported."""
+    parts = urllib.parse.urlsplit(index)
+    path = parts.path.rstrip("/")
+    for line in lines if index else ():
+        about = (parts.hostname and f"host='{parts.hostname}'" in line) or (path and f"': {path}/" in line)
+        if about and (match := _NETWORK_REASON.search(line)):
+            return match.group(1).strip()
     for line in reversed(lines):
         if match := _NETWORK_REASON.search(line):
             return match.group(1).strip()
@@ -302,8 +311,10 @@ def failure_cause(lines: Sequence[str], base_python: str = sys.executable, index
                 f"password (HTTPS_PROXY, HTTP_PROXY or pip's proxy setting), or unset it on a network "
                 f"without a proxy, and click Set up backend again")
     if is_offline(text):
-        return (f"Offline: pip could not reach {index or 'https://pypi.org/simple'} "
-                f"({offline_reason(lines) or 'no message'}); connect to the internet and click Set up backend again")
+        index = index or "https://pypi.org/simple"
+        reason = offline_reason(lines, index)
+        return (f"Offline: pip could not reach {index} ({reason or 'no message'}); connect to the internet "
+                f"and click Set up backend again")
     return None
 
 

@@ -4,24 +4,37 @@ The engine interpreter is the one set here, else the first that can ``import gan
 ``$GANFIT_PYTHON``, the environment Set up backend made in the extension's user folder, the
 Python of a ``ganfit`` command on PATH, ``python3`` on PATH (``engine_client.detect_python``).
 Set up backend runs ``backend_setup`` on a background thread; a modal operator polls it, so
-Blender stays responsive while pip downloads PyTorch, and draws its progress here.
+Blender stays responsive while pip downloads PyTorch, and draws its progress here. Before the
+click the preferences say which PyTorch build it would install (CPU-only unless an NVIDIA GPU
+is found, or the user's choice) and how much that downloads.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from .backend_setup import BackendSetup, SetupError, SetupPlan, complete_venv_python, find_wheel
+from .backend_setup import (
+    BackendSetup,
+    SetupError,
+    SetupPlan,
+    TorchBuild,
+    choose_torch,
+    complete_venv_python,
+    detect_nvidia_gpu,
+    find_wheel,
+)
 from .engine_client import Candidate, detect_python
 
 if TYPE_CHECKING:
-    from bpy.stub_internal.rna_enums import OperatorReturnItems
+    from bpy.stub_internal.rna_enums import IconItems, OperatorReturnItems
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +44,14 @@ ADDON_PACKAGE = __package__ or "ganfit_blender"
 #: Folder of the engine's environment inside the extension's user folder.
 VENV_FOLDER = "backend-venv"
 
-#: PyTorch's own index of CPU-only builds (about 200 MB instead of about 3 GB with CUDA on Linux).
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-
 #: The running or last set-up (one at a time), read by the preferences' draw.
 _setup: BackendSetup | None = None
 #: Detection result, cached: detection runs interpreters, too slow for every redraw.
 _detected: Candidate | None = None
 _detection_done = False
+#: NVIDIA GPU detection, cached likewise (it may run nvidia-smi).
+_gpu: str | None = None
+_gpu_done = False
 
 
 def user_folder(create: bool = False) -> Path:
@@ -81,6 +94,43 @@ def detected_python(refresh: bool = False) -> Candidate | None:
     return _detected
 
 
+def nvidia_gpu(refresh: bool = False) -> str | None:
+    """This machine's NVIDIA GPU, found without torch (cached after the first look)."""
+    global _gpu, _gpu_done
+    if refresh or not _gpu_done:
+        _gpu = detect_nvidia_gpu()
+        _gpu_done = True
+        log.info("NVIDIA GPU: %s", _gpu or "none found")
+    return _gpu
+
+
+def torch_build(context: bpy.types.Context) -> TorchBuild:
+    """The PyTorch build Set up backend installs with the preferences' PyTorch option."""
+    prefs = addon_preferences(context)
+    option = str(prefs.torch_build) if prefs is not None else "AUTO"
+    return choose_torch(option, nvidia_gpu())
+
+
+def wrapped_label(layout: bpy.types.UILayout, text: str, width: int, icon: IconItems = "NONE") -> None:
+    """``text`` as labels of at most ``width`` characters: Blender cuts a long label off ("...")
+    instead of wrapping it. Lines after the first are indented to line up with an icon."""
+    column = layout.column(align=True)
+    lines = textwrap.wrap(text, max(20, width), break_on_hyphens=False) or [""]
+    for number, line in enumerate(lines):
+        column.label(text=line, icon=icon if number == 0 else ("NONE" if icon == "NONE" else "BLANK1"))
+
+
+def label_width(context: bpy.types.Context, margin_px: int = 0) -> int:
+    """How many characters fit on a preferences line (about 7 px each at 100 % UI scale);
+    80 where no region is drawing (scripts, tests)."""
+    region = context.region
+    if region is None or region.width <= 0:
+        return 80
+    prefs = context.preferences
+    scale = prefs.system.ui_scale if prefs is not None else 1.0
+    return int((region.width - 80 - margin_px) / (7.0 * scale))
+
+
 def engine_python(context: bpy.types.Context) -> str:
     """The interpreter set in the preferences, else the detected one ("" when none)."""
     prefs = addon_preferences(context)
@@ -109,7 +159,7 @@ def setup_plan(context: bpy.types.Context) -> SetupPlan:
     """The set-up the preferences ask for; raises SetupError with what to do when it cannot run."""
     prefs = addon_preferences(context)
     index_url = str(prefs.pip_index_url).strip() if prefs is not None else ""
-    torch_cpu = prefs is not None and prefs.torch_build == "CPU"
+    build = torch_build(context)
     if not bpy.app.online_access and not index_url.startswith("file:"):
         raise SetupError(
             "Blender's online access is off: allow it (Preferences > System > Network > Allow Online "
@@ -120,7 +170,8 @@ def setup_plan(context: bpy.types.Context) -> SetupPlan:
         venv_dir=folder,
         wheel=find_wheel(bundled_wheels()),
         index_url=index_url,
-        extra_index_urls=(TORCH_CPU_INDEX,) if torch_cpu else (),
+        extra_index_urls=build.extra_index_urls,
+        download_note=build.summary(),
     )
 
 
@@ -136,7 +187,7 @@ def _redraw_preferences() -> None:
 
 class GANFIT_OT_setup_backend(bpy.types.Operator):
     """Make a Python environment for the engine in the extension's user folder and install the
-    bundled engine with PyTorch into it (a download of roughly 0.3 to 3 GB, see the manual)"""
+    bundled engine with PyTorch into it (the download size is shown below the button)"""
 
     bl_idname = "ganfit.setup_backend"
     bl_label = "Set up backend"
@@ -156,6 +207,7 @@ class GANFIT_OT_setup_backend(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return None
         _setup = BackendSetup(plan)
+        log.info("backend set-up: %s into %s", plan.download_note, plan.venv_dir)
         return _setup
 
     def _end(self, context: bpy.types.Context, setup: BackendSetup) -> set[OperatorReturnItems]:
@@ -185,6 +237,7 @@ class GANFIT_OT_setup_backend(bpy.types.Operator):
         if setup is None or wm is None:
             return {"CANCELLED"}
         setup.start()
+        self.report({"INFO"}, f"Setting up the backend: {setup.plan.download_note}")
         self._timer = wm.event_timer_add(0.25, window=context.window)
         wm.modal_handler_add(self)
         return {"RUNNING_MODAL"}
@@ -260,11 +313,13 @@ class GANFIT_AP_preferences(bpy.types.AddonPreferences):
         name="PyTorch",
         description="Which PyTorch build Set up backend installs",
         items=[
-            ("DEFAULT", "Standard (PyPI)", "PyPI's build: CUDA for NVIDIA GPUs on Linux (about 3 GB), "
-             "CPU on Windows (about 250 MB), CPU and Apple GPU on macOS (about 80 MB)"),
-            ("CPU", "CPU only", "PyTorch's CPU-only build (about 200 MB on Linux); no NVIDIA GPU use"),
+            ("AUTO", "Automatic", "The CUDA build when this machine has an NVIDIA GPU, else the CPU-only "
+             "build (macOS: PyPI's build for the CPU and the Apple GPU)"),
+            ("CUDA", "CUDA (NVIDIA GPU)", "The CUDA build (about 3 GB to download, about 6 GB on disk); "
+             "needs an NVIDIA GPU and its driver to be of use"),
+            ("CPU", "CPU only", "The CPU-only build (about 350 MB to download, about 1 GB on disk)"),
         ],
-        default="DEFAULT",
+        default="AUTO",
     )
     pip_index_url: StringProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Package index",
@@ -273,38 +328,47 @@ class GANFIT_AP_preferences(bpy.types.AddonPreferences):
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
+        width = label_width(context)
         layout.prop(self, "python_path")
         if not self.python_path:
             row = layout.row()
             found = detected_python()
+            text_column = row.column()
             if found is not None:
-                row.label(text=f"Found: {found.python} ({found.source})", icon="CHECKMARK")
+                wrapped_label(text_column, f"Found: {found.python} ({found.source})", width - 12, icon="CHECKMARK")
             else:
-                row.label(text="No engine found: click Set up backend", icon="INFO")
+                wrapped_label(text_column, "No engine found: click Set up backend", width - 12, icon="INFO")
             row.operator(GANFIT_OT_detect_python.bl_idname, icon="VIEWZOOM")
 
         box = layout.box()
-        box.label(text="Backend (the engine's own Python environment)", icon="CONSOLE")
+        wrapped_label(box, "Backend (the engine's own Python environment)", width, icon="CONSOLE")
         setup = _setup
         if setup is not None and not setup.progress.finished:
             progress = setup.progress
             box.progress(factor=progress.fraction, type="BAR", text=progress.stage)
             if progress.detail:
-                box.label(text=progress.detail)
+                wrapped_label(box, progress.detail, width)
             if progress.download is not None:
                 box.progress(factor=progress.download, type="BAR", text=f"{progress.download:.0%} of this file")
             box.operator(GANFIT_OT_setup_cancel.bl_idname, icon="CANCEL")
             return
         row = box.row()
         row.prop(self, "torch_build")
+        if sys.platform != "darwin":
+            gpu = nvidia_gpu()
+            wrapped_label(box, f"NVIDIA GPU found: {gpu}" if gpu else "No NVIDIA GPU found", width,
+                          icon="CHECKMARK" if gpu else "INFO")
+        wrapped_label(box, f"Installs {torch_build(context).summary()}", width, icon="IMPORT")
         box.prop(self, "pip_index_url")
         existing = complete_venv_python(venv_dir())
         box.operator(GANFIT_OT_setup_backend.bl_idname, icon="IMPORT",
                      text="Update backend" if existing else "Set up backend")
-        box.label(text=f"Folder: {venv_dir()}")
+        wrapped_label(box, f"Folder: {venv_dir()}", width)
         if setup is not None:
             outcome = setup.progress
-            box.label(text=outcome.message, icon="CHECKMARK" if outcome.ok else "ERROR")
+            wrapped_label(box, outcome.message, width, icon="CHECKMARK" if outcome.ok else "ERROR")
+            if not outcome.ok:
+                wrapped_label(box, f"Full output: {setup.log_path}", width, icon="BLANK1")
 
 
 CLASSES = (GANFIT_OT_setup_backend, GANFIT_OT_setup_cancel, GANFIT_OT_detect_python, GANFIT_AP_preferences)

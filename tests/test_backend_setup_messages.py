@@ -137,6 +137,26 @@ def test_proxy_errors_name_the_proxy_without_its_password() -> None:
         "Authentication Required)")
 
 
+OLD_PIP_TWO_INDEXES = [  # pip 23.2, the index refusing and PyTorch's CPU index unresolvable
+    "Looking in indexes: http://127.0.0.1:9/simple, https://download.pytorch.org/whl/cpu",
+    "WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection "
+    "broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object at 0x7fea7b438250>: "
+    "Failed to establish a new connection: [Errno 111] Connection refused')': /simple/six/",
+    "WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection "
+    "broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7fea7b43ab50>: "
+    "Failed to establish a new connection: [Errno -2] Name or service not known')': /whl/cpu/six/",
+    "ERROR: Could not find a version that satisfies the requirement six (from versions: none)",
+    "ERROR: No matching distribution found for six",
+]
+
+
+def test_offline_names_the_error_of_the_index_it_names() -> None:
+    message = setup.failure_cause(OLD_PIP_TWO_INDEXES, index="http://127.0.0.1:9/simple", environ={})
+    assert message == ("Offline: pip could not reach http://127.0.0.1:9/simple (Failed to establish a new "
+                       "connection: [Errno 111] Connection refused); connect to the internet and click Set up "
+                       "backend again")
+
+
 def test_offline_and_unknown_failures() -> None:
     message = setup.failure_cause(NO_NETWORK, index="", environ={})
     assert message == ("Offline: pip could not reach https://pypi.org/simple (Failed to establish a new connection: "
