@@ -187,7 +187,7 @@ def _redraw_preferences() -> None:
 
 class GANFIT_OT_setup_backend(bpy.types.Operator):
     """Make a Python environment for the engine in the extension's user folder and install the
-    bundled engine with PyTorch into it (the download size is shown below the button)"""
+    bundled engine with PyTorch into it (the preferences show the download size above the button)"""
 
     bl_idname = "ganfit.setup_backend"
     bl_label = "Set up backend"
