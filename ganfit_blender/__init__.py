@@ -9,6 +9,17 @@ result folders it writes are read here with numpy alone (``result_reader``).
 
 from __future__ import annotations
 
+import sys
+
+try:  # first: result_reader, scene_import and live_preview need it, and some Linux Blenders lack it
+    import numpy  # noqa: F401
+except ModuleNotFoundError as _missing:
+    raise ImportError(
+        f"GANFit needs numpy in Blender's Python {sys.version_info.major}.{sys.version_info.minor}, which this "
+        f"Blender build lacks: install your distribution's numpy for it (Debian/Ubuntu: sudo apt install "
+        f"python3-numpy) or use Blender from blender.org, which bundles numpy"
+    ) from _missing
+
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
