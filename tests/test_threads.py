@@ -66,4 +66,4 @@ def test_override_reaches_info() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=_clean_env(**{ENV_VAR: "3"}), timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "3 threads" in out.stdout and ENV_VAR in out.stdout
+    assert "3 thread(s)" in out.stdout and ENV_VAR in out.stdout

@@ -257,7 +257,7 @@ def info_dict() -> dict[str, Any]:
 
     # The CPU's kernel level and threads, which reports of speed need: the identity network
     # takes 10 ms with AVX-512 kernels and 14 ms with AVX2 ones on the same CPU (docs/fitting.md).
-    devices = [f"cpu ({torch.backends.cpu.get_cpu_capability()} kernels, {(t := apply_threads()).threads} threads: {t.reason})"]
+    devices = [f"cpu ({torch.backends.cpu.get_cpu_capability()} kernels, {(t := apply_threads()).threads} thread(s), {t.reason})"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -79,9 +79,9 @@ def test_no_step_blocks_from_cold_start_to_import(addon, photo: Path, monkeypatc
     assert timings[0][2] and len(starting) >= 2, "_start must return while the engine is still starting"
     slowest = max(timings, key=lambda t: t[1])
     seconds = sorted(t[1] for t in timings)
-    print(f"\n{len(timings)} steps, {len(starting)} while the engine started; slowest {slowest[0]} "
-          f"{slowest[1] * 1000:.1f} ms, median {seconds[len(seconds) // 2] * 1000:.2f} ms, "
-          f"p99 {seconds[int(len(seconds) * 0.99)] * 1000:.1f} ms")
+    top = sorted(range(len(timings)), key=lambda i: -timings[i][1])[:3]
+    print(f"\n{len(timings)} calls, {len(starting)} while the engine started; median {seconds[len(seconds) // 2] * 1000:.2f} ms; "
+          "slowest " + ", ".join(f"{timings[i][0]} #{i} {timings[i][1] * 1000:.1f} ms" for i in top))
     assert slowest[1] < MAX_STALL_S, f"a {slowest[0]} took {slowest[1]:.3f} s"
 
 
