@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .seam import protocol
+
 __all__ = [
     "PROTOCOL_VERSION", "Candidate", "EngineClient", "EngineError", "check_python", "detect_python",
     "python_candidates",
@@ -32,7 +34,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The protocol version this client speaks (the engine's ``ready`` event must carry it).
-PROTOCOL_VERSION = 1
+#: The engine protocol's version, from the engine's own definition (seam.py).
+PROTOCOL_VERSION: int = protocol.PROTOCOL_VERSION
 
 #: Seconds to wait for the engine's ``ready`` line (imports torch; slow on a cold disk).
 READY_TIMEOUT = 120.0

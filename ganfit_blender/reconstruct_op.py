@@ -30,6 +30,7 @@ import bpy.utils.previews
 from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
 
 from . import result_reader, result_storage, scene_import
+from .seam import protocol
 from .engine_client import EngineClient, EngineError
 from .live_preview import LivePreview, PreviewError
 from .preferences import engine_python
@@ -52,11 +53,6 @@ SYNC_TIMEOUT = 1800.0
 #: Seconds to wait for the engine's ``cancelled`` event before giving up on it.
 CANCEL_GRACE = 5.0
 
-#: Where each stage's progress starts on the bar, and its share of it.
-_STAGE_SPANS: dict[str, tuple[float, float]] = {
-    "detect": (0.0, 0.03), "landmarks": (0.03, 0.12), "lighting": (0.15, 0.15), "fitting": (0.3, 0.62),
-    "texture": (0.92, 0.05),
-}
 
 #: Called with every event of the running job (before the operator handles it); for tests and
 #: scripts that want to watch progress.
@@ -315,8 +311,8 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
 
     def _progress(self, event: dict[str, Any]) -> None:
         stage, step, total = str(event.get("stage")), int(event.get("step") or 0), int(event.get("total") or 0)
-        start, span = _STAGE_SPANS.get(stage, (RUN.fraction, 0.0))
-        RUN.fraction = start + span * (step / total if total else 1.0)
+        # Each stage's share of the bar comes from the engine's protocol.py (seam.py), as the CLI's.
+        RUN.fraction = protocol.progress_fraction(stage, step, total, default=RUN.fraction)
         RUN.status = f"GANFit: {stage} {step}/{total}"
 
     def _show_mesh(self, context: bpy.types.Context, event: dict[str, Any]) -> None:

@@ -28,14 +28,11 @@ import numpy as np
 
 from . import __version__
 from .errors import GanfitError
+from .protocol import MODES, PLANNED_MODES, PROTOCOL_VERSION  # defined once, shared with the add-on
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 
-#: Reconstruction modes a request may name; the others of DESIGN.md are not built yet.
-MODES = ("ganfit",)
-PLANNED_MODES = ("fast", "ganfit++")
 
 
 def encode_array(array: np.ndarray, dtype: str) -> str:

@@ -35,3 +35,27 @@ def test_the_installed_add_on_reads_the_vendored_copies(installed_addon: str) ->
     assert (reader.RESULT_FORMAT, reader.RESULT_VERSION) == (result_schema.RESULT_FORMAT, result_schema.RESULT_VERSION)
     assert set(reader._NPZ_DTYPES) <= set(result_schema.NPZ_ARRAYS)
     assert "torch" not in sys.modules
+
+
+def test_no_side_spells_the_shared_values_again() -> None:
+    """The values are written once: the add-on and the engine's users import them (before,
+    the protocol version, the result format and the progress stages were each written twice)."""
+    import re
+
+    spelled = [re.compile(r"PROTOCOL_VERSION\s*(:\s*\w+\s*)?=\s*\d"), re.compile(r"RESULT_VERSION\s*(:\s*\w+\s*)?=\s*\d"),
+               re.compile(r"RESULT_FORMAT\s*(:\s*\w+\s*)?=\s*[\"']"), re.compile(r"[\"']fitting[\"']\s*:\s*\(")]
+    for path in [*ROOT.joinpath("ganfit_blender").glob("*.py"), ROOT / "backend/ganfit/serve.py",
+                 ROOT / "backend/ganfit/cli.py", ROOT / "backend/ganfit/io/result.py"]:
+        text = path.read_text(encoding="utf-8")
+        for pattern in spelled:
+            assert not pattern.search(text), f"{path.name} defines {pattern.pattern} again"
+
+
+def test_progress_stages_cover_the_bar() -> None:
+    from ganfit.protocol import STAGE_SHARES, progress_fraction, stage_spans
+
+    assert abs(sum(STAGE_SHARES.values()) - 1.0) < 1e-9
+    assert progress_fraction("detect", 0, 1) == 0.0 and abs(progress_fraction("write", 2, 2) - 1.0) < 1e-9
+    spans = list(stage_spans().values())
+    assert all(abs(a[0] + a[1] - b[0]) < 1e-9 for a, b in zip(spans, spans[1:]))
+    assert progress_fraction("unknown", 3, 4, default=0.4) == 0.4
