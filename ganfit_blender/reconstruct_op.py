@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import bpy
 import bpy.utils.previews
-from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
 
 from . import result_reader, result_storage, scene_import
 from .seam import protocol
@@ -133,6 +133,34 @@ def photo_thumbnail(path: str) -> bpy.types.ImagePreview | None:
     return _photo_previews[key]
 
 
+#: File signatures of the photo formats the engine reads (Pillow): a file with none of them
+#: is not a photo, and its thumbnail would be blank with no hint.
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+                     b"MM\x00*")
+
+
+def photo_problem(path: str) -> str | None:
+    """Why ``path`` cannot be reconstructed from, in a few words; None when it looks like a photo."""
+    if not path:
+        return "No photo chosen"
+    photo = Path(bpy.path.abspath(path))
+    try:
+        with open(photo, "rb") as handle:
+            head = handle.read(16)
+    except IsADirectoryError:
+        return "A folder, not a photo"
+    except OSError:
+        return "Photo not found"
+    if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return None
+    return "Not a photo: choose a JPEG, PNG, WebP, TIFF, BMP or GIF"
+
+
+def chosen_photos(settings: Any) -> list[str]:
+    """The photo and the further photos of the same person, in order, without empty entries."""
+    return [p for p in [settings.photo, *(item.path for item in settings.more_photos)] if p]
+
+
 def request_options(settings: Any) -> dict[str, Any]:
     """The protocol's ``options`` for the panel's settings: the quality preset, device and
     texture cleaning."""
@@ -150,11 +178,38 @@ def reconstruct_settings(context: bpy.types.Context) -> GANFIT_PG_reconstruct:
     return cast(GANFIT_PG_reconstruct, scene.ganfit_reconstruct)  # type: ignore[attr-defined]  # registered here
 
 
+class GANFIT_PG_photo(bpy.types.PropertyGroup):
+    """One more photo of the same person (paper 3.5)."""
+
+    path: StringProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Photo", description="Another photo of the same person: all photos are fitted into one head",
+        subtype="FILE_PATH",
+    )
+
+
 class GANFIT_PG_reconstruct(bpy.types.PropertyGroup):
     """Reconstruct settings, stored on the scene (``scene.ganfit_reconstruct``)."""
 
     photo: StringProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Photo", description="Photo of one face (the largest face is used)", subtype="FILE_PATH"
+    )
+    more_photos: CollectionProperty(type=GANFIT_PG_photo)  # type: ignore[valid-type]  # fake-bpy: props return None
+    set_world: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Ambient as world",
+        description="Replace the scene's world with one of the fitted ambient colour (off: your world stays)",
+        default=True,
+    )
+    set_scene_camera: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Use fitted camera",
+        description="Make the fitted camera the scene camera and set the render size to the photo's "
+                    "(off: your camera and render size stay)",
+        default=True,
+    )
+    match_engine_colour: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Match engine colours",
+        description="Set the scene's view transform to Raw and use the texture as raw data, so renders match the "
+                    "engine's own render (off: sRGB texture, your colour management stays)",
+        default=True,
     )
     mode: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Mode",
@@ -222,10 +277,16 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
         if not settings.photo:
             self.report({"ERROR"}, "Choose a photo to reconstruct")
             return False
-        photo = Path(bpy.path.abspath(settings.photo))
-        if not photo.is_file():
-            self.report({"ERROR"}, f"Photo not found: {photo}")
+        photos = [Path(bpy.path.abspath(path)) for path in chosen_photos(settings)]
+        for path in photos:
+            problem = photo_problem(str(path))
+            if problem is not None:
+                self.report({"ERROR"}, f"{problem}: {path}")
+                return False
+        if len(set(photos)) != len(photos):
+            self.report({"ERROR"}, "The same photo is chosen twice: remove one")
             return False
+        photo = photos[0]
         try:
             client = engine_client(context)
             assert client is not None
@@ -236,7 +297,7 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return False
         self._request = {
-            "type": "reconstruct", "id": job, "photos": [str(photo)], "output": str(output),
+            "type": "reconstruct", "id": job, "photos": [str(path) for path in photos], "output": str(output),
             "force": False, "mode": str(settings.mode).lower(), "options": request_options(settings),
             "mesh_updates": bool(settings.live_mesh),
         }
@@ -335,8 +396,12 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             self._preview = None
 
     def _import(self, context: bpy.types.Context, folder: Path) -> set[OperatorReturnItems]:
+        settings = reconstruct_settings(context)
+        options = scene_import.ImportOptions(  # what the import may change in the artist's scene
+            match_engine_colour=settings.match_engine_colour, set_world=settings.set_world,
+            set_scene_camera=settings.set_scene_camera)
         try:
-            built = scene_import.import_result(context, folder)
+            built = scene_import.import_result(context, folder, options)
         except result_reader.ResultError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -345,7 +410,7 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             self.report({"ERROR"}, f"Import failed ({type(exc).__name__}: {exc}); see the system console")
             return {"CANCELLED"}
         scene_import.select_only(context, built.head)
-        self.report({"INFO"}, f"Reconstructed {built.collection.name} ({folder})")
+        self.report({"INFO"}, f"Reconstructed {built.collection.name}: {built.where()} ({folder})")
         return {"FINISHED"}
 
     # -- script path -----------------------------------------------------------------------
@@ -448,6 +513,45 @@ class GANFIT_OT_reconstruct_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class GANFIT_OT_add_photo(bpy.types.Operator):
+    """Add another photo of the same person: all photos are fitted into one head (paper 3.5)"""
+
+    bl_idname = "ganfit.add_photo"
+    bl_label = "Add Photo of the Same Person"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
+        reconstruct_settings(context).more_photos.add()
+        return {"FINISHED"}
+
+
+class GANFIT_OT_remove_photo(bpy.types.Operator):
+    """Remove this photo from the reconstruction"""
+
+    bl_idname = "ganfit.remove_photo"
+    bl_label = "Remove Photo"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    index: IntProperty(default=0, min=0)  # type: ignore[valid-type]  # fake-bpy: props return None
+
+    def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
+        photos = reconstruct_settings(context).more_photos
+        if self.index < len(photos):
+            photos.remove(self.index)
+        return {"FINISHED"}
+
+
+def _draw_photo(layout: bpy.types.UILayout, data: Any, name: str) -> None:
+    """One photo's field and its thumbnail, or a hint when it cannot be used."""
+    path = getattr(data, name)
+    problem = photo_problem(path) if path else None
+    thumbnail = photo_thumbnail(path) if path and problem is None else None
+    if thumbnail is not None and thumbnail.icon_id:
+        layout.template_icon(icon_value=thumbnail.icon_id, scale=7.0)
+    elif problem is not None:
+        layout.label(text=problem, icon="ERROR")
+
+
 def _redraw_sidebars(wm: bpy.types.WindowManager) -> None:
     for window in wm.windows:
         for area in window.screen.areas:
@@ -460,11 +564,14 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     settings = reconstruct_settings(context)
     box = layout.box()
     box.prop(settings, "photo")
-    thumbnail = photo_thumbnail(settings.photo)
-    if thumbnail is not None and thumbnail.icon_id:
-        box.template_icon(icon_value=thumbnail.icon_id, scale=7.0)
-    elif settings.photo and thumbnail is None:
-        box.label(text="Photo not found", icon="ERROR")
+    _draw_photo(box, settings, "photo")
+    for index, item in enumerate(settings.more_photos):
+        row = box.row(align=True)
+        row.prop(item, "path", text=f"Photo {index + 2}")
+        remove = row.operator(GANFIT_OT_remove_photo.bl_idname, text="", icon="X")
+        remove.index = index
+        _draw_photo(box, item, "path")
+    box.operator(GANFIT_OT_add_photo.bl_idname, icon="ADD")
     box.prop(settings, "mode")
     note = box.row()
     note.enabled = False
@@ -473,6 +580,10 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     box.prop(settings, "device")
     box.prop(settings, "clean_texture")
     box.prop(settings, "live_mesh")
+    scene_box = box.column(heading="Change the scene")  # what the result may change beyond its collection
+    scene_box.prop(settings, "set_world")
+    scene_box.prop(settings, "set_scene_camera")
+    scene_box.prop(settings, "match_engine_colour")
     if RUN.running:
         box.progress(factor=RUN.fraction, type="BAR", text=RUN.status.removeprefix("GANFit: "))
         box.operator(GANFIT_OT_reconstruct_cancel.bl_idname, icon="CANCEL")
@@ -480,7 +591,8 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         box.operator(GANFIT_OT_reconstruct.bl_idname, icon="USER")
 
 
-CLASSES = (GANFIT_PG_reconstruct, GANFIT_OT_reconstruct, GANFIT_OT_reconstruct_cancel)
+CLASSES = (GANFIT_PG_photo, GANFIT_PG_reconstruct, GANFIT_OT_reconstruct, GANFIT_OT_reconstruct_cancel,
+           GANFIT_OT_add_photo, GANFIT_OT_remove_photo)
 
 
 def register() -> None:

@@ -131,6 +131,21 @@ def test_cancel_stops_within_a_second_and_writes_nothing(engine: Engine, grace_p
     assert not [p for p in tmp_path.iterdir()]
 
 
+def test_several_photos_of_one_person_make_one_head(engine: Engine, grace_path: Path, tmp_path: Path):
+    """Paper 3.5 from the protocol (issue 18, item 5): a request used to take one photo only."""
+    from PIL import Image
+
+    mirrored = tmp_path / "grace_mirrored.png"
+    Image.open(grace_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    out = tmp_path / "both"
+    engine.send({"type": "reconstruct", "id": "two", "photos": [str(grace_path), str(mirrored)],
+                 "output": str(out), "options": FAST})
+    done = engine.next()
+    assert done["type"] == "done", done
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["photos"]) == 2 and len(result["views"]) == 2
+
+
 def test_cancel_by_an_integer_id(engine: Engine, grace_path: Path, tmp_path: Path):
     """A job sent with id 7 is cancelled by id 7 (and its events carry 7): events used to carry
     "7", a cancel of 7 answered 'nothing to cancel', and the job ran on (issue 16)."""

@@ -68,6 +68,10 @@ def _settings_from_options(options: Any):
 MAX_LINE_BYTES = 1 << 20
 
 
+#: Most photos one request may fit jointly: each adds its own renders to every step.
+MAX_PHOTOS = 20
+
+
 class RequestError(ValueError):
     """A line that is not a request this protocol can read."""
 
@@ -143,7 +147,7 @@ def _finite(value: Any) -> Any:
 class _JobSpec:
     """A reconstruct request, checked: what the worker needs and nothing it must re-check."""
 
-    photo: str
+    photos: tuple[str, ...]  # one person: several photos are fitted jointly (paper 3.5)
     output: Path
     force: bool
     mesh_updates: bool
@@ -156,9 +160,11 @@ def _job_spec(request: dict[str, Any]) -> _JobSpec:
     from .io.result import check_output_folder
 
     photos = request.get("photos")
-    if not isinstance(photos, list) or len(photos) != 1:
-        raise GanfitError("'photos' must be a list with one photo path (several photos of one person come later)")
-    photo = _path(photos[0], "'photos' entry")
+    if not isinstance(photos, list) or not 1 <= len(photos) <= MAX_PHOTOS:
+        raise GanfitError(f"'photos' must be a list of 1 to {MAX_PHOTOS} photo paths of one person")
+    paths = tuple(_path(photo, "'photos' entry") for photo in photos)
+    if len({str(Path(path).resolve()) for path in paths}) != len(paths):
+        raise GanfitError("the same photo is in 'photos' twice; give each photo once")
     output = Path(_path(request.get("output"), "'output' (the result folder to write)"))
     force = _flag(request, "force")
     mode = request.get("mode", "ganfit")
@@ -169,7 +175,7 @@ def _job_spec(request: dict[str, Any]) -> _JobSpec:
     options = request.get("options")
     settings = _settings_from_options({} if options is None else options)
     check_output_folder(output, force=force)
-    return _JobSpec(photo, output, force, _flag(request, "mesh_updates"), settings)
+    return _JobSpec(paths, output, force, _flag(request, "mesh_updates"), settings)
 
 
 class Server:
@@ -317,7 +323,7 @@ class Server:
                 if job.mesh_updates and vertices is not None:
                     self._emit_mesh(job, reconstructor, event.stage, event.step, vertices)
 
-            result = reconstructor.reconstruct(spec.photo, progress=progress)
+            result = reconstructor.reconstruct(list(spec.photos), progress=progress)
             if job.cancel.is_set():
                 raise Cancelled()
             folder = write_result(result, spec.output, force=spec.force)

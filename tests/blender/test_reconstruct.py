@@ -6,8 +6,10 @@ in this (Blender's) process."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
+import types
 import subprocess
 import sys
 import time
@@ -84,6 +86,7 @@ class RecordingLayout:
         module, _, name = idname.partition(".")
         assert hasattr(getattr(bpy.ops, module), name), f"no operator {idname}"
         self.log.append(("operator", idname))
+        return types.SimpleNamespace()  # the operator's properties, as Blender's layout returns them
 
     def label(self, text: str = "", **kw) -> None:
         self.log.append(("label", text))
@@ -271,3 +274,60 @@ def test_fast_reconstruction_imports_head_camera_light(addon, installed_addon: s
     fitted = reader.model_to_blender(reader.read_result(result).vertices)
     # the last update is the fitted head (within 2 mm: stages after the last mesh event may refine it)
     assert np.linalg.norm(last_preview[0] - fitted, axis=1).mean() < 2e-3
+
+
+def test_not_a_photo_is_reported_before_the_engine(addon, tmp_path: Path) -> None:
+    """A non-image showed a blank thumbnail with no hint (issue 18, item 9)."""
+    empty_scene()
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("these are notes, not a photo")
+    assert addon.photo_problem(str(fake)).startswith("Not a photo")
+    assert addon.photo_problem(str(tmp_path / "gone.jpg")) == "Photo not found"
+    bpy.context.scene.ganfit_reconstruct.photo = str(fake)
+    layout = RecordingLayout()
+    addon.draw_panel(layout, bpy.context)
+    assert any(entry[0] == "label" and "Not a photo" in str(entry) for entry in layout.log), layout.log
+    with pytest.raises(RuntimeError, match="Not a photo"):
+        _reconstruct(fake)
+    assert _objects() == []
+
+
+def test_several_photos_one_head_and_the_scene_left_as_it_was(addon, photos: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 18, items 5 and 3: the panel takes more photos of the same person (one thumbnail
+    each) and fits them jointly; with its scene options off, the world, the scene camera, the
+    render size and the colour management stay the artist's."""
+    from PIL import Image
+
+    empty_scene()
+    scene = bpy.context.scene
+    world = bpy.data.worlds.new("artist world")
+    scene.world = world
+    camera = bpy.data.objects.new("artist camera", bpy.data.cameras.new("artist camera"))
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    scene.render.resolution_x, scene.render.resolution_y = 1234, 567
+    view_transform = scene.view_settings.view_transform
+    assert view_transform != "Raw"
+
+    mirrored = tmp_path / "grace_mirrored.png"
+    Image.open(photos["grace_hopper"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    settings = scene.ganfit_reconstruct
+    settings.more_photos.clear()
+    assert bpy.ops.ganfit.add_photo() == {"FINISHED"}
+    settings.more_photos[0].path = str(mirrored)
+    settings.set_world = settings.set_scene_camera = settings.match_engine_colour = False
+    layout = RecordingLayout()
+    addon.draw_panel(layout, bpy.context)
+    assert ("prop", "path") in layout.log and ("operator", "ganfit.add_photo") in layout.log
+    assert {("prop", n) for n in ("set_world", "set_scene_camera", "match_engine_colour")} <= set(layout.log)
+    try:
+        assert _reconstruct(photos["grace_hopper"]) == {"FINISHED"}
+    finally:
+        settings.more_photos.clear()
+        settings.set_world = settings.set_scene_camera = settings.match_engine_colour = True
+    head = next(o for o in bpy.data.objects if o.type == "MESH" and "ganfit_result" in o.keys())
+    result = json.loads((Path(head["ganfit_result"]) / "result.json").read_text())
+    assert len(result["photos"]) == 2 and result["photos"][1].endswith("grace_mirrored.png")
+    assert scene.world == world and scene.camera == camera
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (1234, 567)
+    assert scene.view_settings.view_transform == view_transform
