@@ -127,13 +127,25 @@ def test_several_faces_uses_largest_and_face_option_chooses(two_faces_path: Path
 
 def test_existing_output_refused_then_forced(grace_path: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "result.json").write_text("{}")
+    assert main(["reconstruct", str(grace_path), "-o", str(out), *FAST, "--seed", "1"]) == 0
+    capsys.readouterr()
     assert main(["reconstruct", str(grace_path), "-o", str(out), *FAST]) == 2
     _one_line_error(capsys.readouterr().err, "out", "--force")
-    assert (out / "result.json").read_text() == "{}"
+    assert json.loads((out / "result.json").read_text())["settings"]["seed"] == 1
     assert main(["reconstruct", str(grace_path), "-o", str(out), "--force", *FAST]) == 0
-    assert json.loads((out / "result.json").read_text())["format"] == "ganfit-result"
+    assert json.loads((out / "result.json").read_text())["settings"]["seed"] == 0
+
+
+def test_force_leaves_a_folder_that_only_holds_a_result_json(grace_path: Path, tmp_path: Path, capsys):
+    """Issue 16's data loss: a folder with a result.json that is not a ganfit result (and the
+    user's data.csv and runs/ beside it) was wiped by --force with exit 0."""
+    out = tmp_path / "project"
+    (out / "runs").mkdir(parents=True)
+    (out / "result.json").write_text("{}")
+    (out / "data.csv").write_text("a,b\n1,2\n")
+    assert main(["reconstruct", str(grace_path), "-o", str(out), "--force", *FAST]) == 2
+    _one_line_error(capsys.readouterr().err, "project")
+    assert sorted(p.name for p in out.iterdir()) == ["data.csv", "result.json", "runs"]
 
 
 def test_unwritable_output_location(grace_path: Path, tmp_path: Path, capsys):
