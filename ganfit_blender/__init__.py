@@ -54,11 +54,9 @@ class GANFIT_OT_import_result(bpy.types.Operator):
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})  # type: ignore[valid-type]
     match_engine_colour: BoolProperty(  # type: ignore[valid-type]
         name="Match engine colours",
-        description=(
-            "Use the texture as raw data and set the scene's view transform to Raw, so renders "
-            "match the engine's own render; off: sRGB texture, colour management untouched"
-        ),
-        default=True,
+        description=("Set the scene's view transform to Standard, which shows exactly the engine's own render "
+                     "(off: your colour management, AgX or Filmic or Standard, stays)"),
+        default=False,
     )
     set_world: BoolProperty(  # type: ignore[valid-type]
         name="Ambient as world",

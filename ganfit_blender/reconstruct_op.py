@@ -207,9 +207,9 @@ class GANFIT_PG_reconstruct(bpy.types.PropertyGroup):
     )
     match_engine_colour: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Match engine colours",
-        description="Set the scene's view transform to Raw and use the texture as raw data, so renders match the "
-                    "engine's own render (off: sRGB texture, your colour management stays)",
-        default=True,
+        description=("Set the scene's view transform to Standard, which shows exactly the engine's own render "
+                     "(off: your colour management, AgX or Filmic or Standard, stays)"),
+        default=False,
     )
     mode: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Mode",

@@ -42,7 +42,10 @@ SENSOR_WIDTH_MM = 36.0
 class ImportOptions:
     """What the import changes beyond its own collection."""
 
-    match_engine_colour: bool = True  # texture as Non-Color data and the scene's view transform Raw
+    # The texture is always sRGB colour data and the light linear, as in the engine, so the
+    # Standard view transform shows the engine's picture; True also sets the scene's view
+    # transform to Standard. Off by default: an artist's scene keeps its colour management.
+    match_engine_colour: bool = False
     set_world: bool = True  # ambient light as the scene's world colour
     set_scene_camera: bool = True  # make the fitted camera the scene camera and set the resolution
     place_apart: bool = True  # move the new rig clear of what the scene holds, and frame the view on it
@@ -213,10 +216,10 @@ def _link(scene: bpy.types.Scene, built: ImportedScene, data: ResultData, option
         scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
     view = scene.view_settings
     if options.match_engine_colour and view is not None:
-        # The engine multiplies the texture's stored values by the shading and writes the
-        # product straight to the image: no colour transform on either side.
+        # The engine decodes the sRGB texture, lights it in linear light and encodes the sum
+        # as sRGB: exactly Blender's Standard view transform, with no look or exposure.
         # fake-bpy types these enums as Literal['NONE']: their items come from the OCIO config
-        view.view_transform = "Raw"  # type: ignore[assignment]
+        view.view_transform = "Standard"  # type: ignore[assignment]
         view.look = "None"  # type: ignore[assignment]
         view.exposure = 0.0
         view.gamma = 1.0
@@ -311,7 +314,7 @@ def _build_material(name: str, data: ResultData, options: ImportOptions, created
     image.name = f"{name} texture"
     if image.colorspace_settings is not None:
         # fake-bpy types this enum as Literal['NONE']: its items come from the OCIO config
-        image.colorspace_settings.name = "Non-Color" if options.match_engine_colour else "sRGB"  # type: ignore[assignment]
+        image.colorspace_settings.name = "sRGB"  # type: ignore[assignment]  # an albedo stored sRGB-encoded
     material = created.add(bpy.data.materials, bpy.data.materials.new(f"{name} face"))
     tree = _node_tree(material)
     bsdf = _node(tree, bpy.types.ShaderNodeBsdfPrincipled)

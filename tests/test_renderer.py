@@ -61,8 +61,29 @@ def test_projection_of_known_points():
     assert screen[0, 2, 2].item() == pytest.approx(1.0)
 
 
+def _decode_srgb(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _encode_srgb(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def test_srgb_round_trip_and_gradients() -> None:
+    """The transfer functions invert each other and give finite gradients at 0 (torch.where
+    evaluates both branches: a bare power would put inf * 0 = NaN into the backward)."""
+    from ganfit.render.shading import linear_to_srgb, srgb_to_linear
+
+    x = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64, requires_grad=True)
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(x)).detach().numpy(), x.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(srgb_to_linear(x).detach().numpy(), _decode_srgb(x.detach().numpy()), atol=1e-12)
+    (linear_to_srgb(x).sum() + srgb_to_linear(x).sum()).backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_lit_plane_matches_phong_formula():
-    """Every pixel of a textured plane equals albedo * (ambient + colour * cos(angle to light))."""
+    """Every pixel of a textured plane equals albedo * (ambient + colour * cos(angle to light)),
+    in linear light: the sRGB-stored albedo decoded, the lit colour encoded again (IEC 61966-2-1)."""
     size, distance, focal = 48, 3.0, 1.0
     v, f, uv = _quad(0.0, half=2.0)
     albedo = torch.tensor([0.8, 0.5, 0.3], dtype=torch.float64)
@@ -78,8 +99,8 @@ def test_lit_plane_matches_phong_formula():
     y = -c[:, None] * distance
     to_light = np.stack(np.broadcast_arrays(light_pos[0] - x, light_pos[1] - y, np.full_like(x, light_pos[2]) + 0 * y), -1)
     cos = to_light[..., 2] / np.linalg.norm(to_light, axis=-1)
-    expected = albedo.numpy()[:, None, None] * (0.2 + np.clip(cos, 0, None))[None]
-    np.testing.assert_allclose(out.image[0].numpy(), expected, atol=1e-9)
+    linear = _decode_srgb(albedo.numpy())[:, None, None] * (0.2 + np.clip(cos, 0, None))[None]
+    np.testing.assert_allclose(out.image[0].numpy(), _encode_srgb(linear), atol=1e-9)
     np.testing.assert_allclose(out.depth[0, 0].numpy(), distance, atol=1e-9)
 
 

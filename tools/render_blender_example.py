@@ -102,7 +102,8 @@ def make_picture(folder: Path, work: Path, samples: int, output: Path) -> int:
     addon_utils.enable("cycles", default_set=True)
     bpy.ops.wm.read_homefile(use_empty=True)
     data = result_reader.read_result(folder)
-    built = scene_import.import_result(bpy.context, folder)
+    # Standard view: the engine's own picture (an artist's AgX would tone-map it)
+    built = scene_import.import_result(bpy.context, folder, scene_import.ImportOptions(match_engine_colour=True))
     scene = bpy.context.scene
     scene.render.threads_mode = "FIXED"
     scene.render.threads = max(1, min(8, os.cpu_count() or 1))

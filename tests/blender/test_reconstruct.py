@@ -315,7 +315,8 @@ def test_several_photos_one_head_and_the_scene_left_as_it_was(addon, photos: dic
     settings.more_photos.clear()
     assert bpy.ops.ganfit.add_photo() == {"FINISHED"}
     settings.more_photos[0].path = str(mirrored)
-    settings.set_world = settings.set_scene_camera = settings.match_engine_colour = False
+    settings.set_world = settings.set_scene_camera = False
+    assert settings.match_engine_colour is False  # the default: the artist's colour management stays
     layout = RecordingLayout()
     addon.draw_panel(layout, bpy.context)
     assert ("prop", "path") in layout.log and ("operator", "ganfit.add_photo") in layout.log
@@ -324,7 +325,7 @@ def test_several_photos_one_head_and_the_scene_left_as_it_was(addon, photos: dic
         assert _reconstruct(photos["grace_hopper"]) == {"FINISHED"}
     finally:
         settings.more_photos.clear()
-        settings.set_world = settings.set_scene_camera = settings.match_engine_colour = True
+        settings.set_world = settings.set_scene_camera = True
     head = next(o for o in bpy.data.objects if o.type == "MESH" and "ganfit_result" in o.keys())
     result = json.loads((Path(head["ganfit_result"]) / "result.json").read_text())
     assert len(result["photos"]) == 2 and result["photos"][1].endswith("grace_mirrored.png")

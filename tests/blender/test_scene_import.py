@@ -82,8 +82,8 @@ def test_material_has_the_texture(imported: dict, engine_result: Path) -> None:
     image = images[0]
     assert Path(bpy.path.abspath(image.filepath)).resolve() == (engine_result / "texture.png").resolve()
     assert tuple(image.size) == (imported["doc"]["texture"]["width"], imported["doc"]["texture"]["height"])
-    assert image.colorspace_settings.name == "Non-Color"
-    assert bpy.context.scene.view_settings.view_transform == "Raw"
+    assert image.colorspace_settings.name == "sRGB"  # colour data: the engine lights it in linear light
+    assert bpy.context.scene.view_settings.view_transform != "Raw"  # the artist's, not changed by default
 
 
 def test_light_and_world(imported: dict) -> None:

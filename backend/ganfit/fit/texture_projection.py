@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..face.detection import FACE_OUTLINE
 from ..render import Camera, Fragments, PointLight, interpolate, rasterize, vertex_normals
+from ..render.shading import linear_to_srgb, srgb_to_linear
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ def _observe(
     weight = ((facing - 0.1) / 0.4).clamp(0, 1)
     weight = weight * weight * (3 - 2 * weight) * visible.to(points.dtype)
     colour = _sample_photo(photo, torch.stack([x, y], -1))
-    if light is not None:
-        colour = colour / shading(points, normals, light).clamp_min(0.05)
+    if light is not None:  # the renderer's image formation inverted: decode, divide in linear light, encode
+        colour = linear_to_srgb(srgb_to_linear(colour) / shading(points, normals, light).clamp_min(0.05))
     return colour.clamp(0, 1), weight, torch.stack([x, y], -1)
 
 

@@ -103,6 +103,20 @@ def _per_sample(values: Tensor, batch: Tensor) -> Tensor:
     return values.index_select(0, batch)
 
 
+def srgb_to_linear(value: Tensor) -> Tensor:
+    """sRGB-encoded values (a texture, a photo) -> linear light (IEC 61966-2-1), differentiable."""
+    value = value.clamp_min(0.0)
+    return torch.where(value <= 0.04045, value / 12.92, ((value + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(value: Tensor) -> Tensor:
+    """Linear light -> sRGB-encoded values (what Blender's Standard view transform applies).
+    The power branch sees values clamped to its own range, so its gradient stays finite where
+    ``torch.where`` picks the linear branch."""
+    value = value.clamp_min(0.0)
+    return torch.where(value <= 0.0031308, value * 12.92, 1.055 * value.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+
+
 def phong(
     albedo: Tensor,
     position: Tensor,
@@ -112,8 +126,13 @@ def phong(
     eye: Tensor,
     material: PhongMaterial = PhongMaterial(),
 ) -> Tensor:
-    """Phong colour per sample: albedo * (ambient + colour * max(n.l, 0)) + specular.
+    """Phong colour per sample: albedo * (ambient + colour * max(n.l, 0)) + specular, in linear
+    light, returned sRGB-encoded like the photos it is compared with.
 
+    The albedo (texture) is stored sRGB-encoded, as image files and Blender's sRGB colour space
+    expect; it is decoded to linear reflectance, lit, and the light's sum encoded again. So a
+    Blender scene with the texture as sRGB colour data and the Standard view transform renders
+    the same picture (docs/blender.md), and an artist's scene keeps its colour management.
     n.l is computed as a dot product of the raw vectors over the product of their lengths,
     which saves normalising two (N, 3) arrays (and their backward) on the hot path.
     """
@@ -121,7 +140,7 @@ def phong(
     lengths = ((normal * normal).sum(-1, keepdim=True) * (to_light * to_light).sum(-1, keepdim=True)).clamp_min(1e-24)
     n_dot_l = (normal * to_light).sum(-1, keepdim=True) * torch.rsqrt(lengths)
     light_colour = _per_sample(light.colour, batch)
-    colour = albedo * (_per_sample(light.ambient, batch) + light_colour * n_dot_l.clamp_min(0.0))
+    colour = srgb_to_linear(albedo) * (_per_sample(light.ambient, batch) + light_colour * n_dot_l.clamp_min(0.0))
     if material.specular > 0:
         n = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         l_dir = to_light / to_light.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -131,4 +150,4 @@ def phong(
         r_dot_v = (reflect * v_dir).sum(-1, keepdim=True).clamp_min(0.0)
         lit = (n_dot_l > 0).to(albedo.dtype)
         colour = colour + material.specular * light_colour * lit * r_dot_v**material.shininess
-    return colour
+    return linear_to_srgb(colour)
