@@ -15,6 +15,7 @@ import atexit
 import logging
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -84,14 +85,25 @@ def addon_preferences(context: bpy.types.Context) -> GANFIT_AP_preferences | Non
     return cast("GANFIT_AP_preferences | None", addon.preferences if addon is not None else None)
 
 
+_detection_lock = threading.Lock()
+
+
 def detected_python(refresh: bool = False) -> Candidate | None:
     """The automatically found engine interpreter (cached after the first search)."""
     global _detected, _detection_done
-    if refresh or not _detection_done:
-        _detected = detect_python(complete_venv_python(venv_dir()))
-        _detection_done = True
-        log.info("engine Python detected: %s", _detected)
-    return _detected
+    with _detection_lock:  # one search at a time: the start-up one (below) or a click's
+        if refresh or not _detection_done:
+            _detected = detect_python(complete_venv_python(venv_dir()))
+            _detection_done = True
+            log.info("engine Python detected: %s", _detected)
+        return _detected
+
+
+def detect_in_background() -> None:
+    """Search for the engine's interpreter on a thread when the add-on starts: the search runs
+    ``python -c "import ganfit"`` for each candidate (a second or more), which on the first
+    Reconstruct click used to freeze Blender's UI (issue 18, item 4)."""
+    threading.Thread(target=detected_python, name="ganfit-detect-python", daemon=True).start()
 
 
 def nvidia_gpu(refresh: bool = False) -> str | None:
@@ -377,6 +389,7 @@ CLASSES = (GANFIT_OT_setup_backend, GANFIT_OT_setup_cancel, GANFIT_OT_detect_pyt
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    detect_in_background()
 
 
 def unregister() -> None:

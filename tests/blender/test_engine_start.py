@@ -179,3 +179,31 @@ def test_status_is_json_lines(engine_client) -> None:
             pytest.fail("no status event")
     finally:
         client.close()
+
+
+def test_interpreter_search_runs_off_the_ui_thread(installed_addon: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no Engine Python set, the first click used to run the search (``python -c "import
+    ganfit"`` per candidate) on Blender's UI thread; the add-on now searches when it starts, on
+    a thread, so the click finds the answer waiting."""
+    preferences = sys.modules[f"{installed_addon}.preferences"]
+    prefs = bpy.context.preferences.addons[installed_addon].preferences
+    chosen = prefs.python_path
+    prefs.python_path = ""
+    # A real search over the candidates: this test run's `ganfit` command is on PATH.
+    monkeypatch.delenv("GANFIT_PYTHON", raising=False)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(preferences, "_detection_done", False)
+    try:
+        began = time.perf_counter()
+        preferences.detect_in_background()
+        assert time.perf_counter() - began < 0.1  # returns at once
+        deadline = time.monotonic() + 120
+        while not preferences._detection_done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert preferences._detection_done
+        began = time.perf_counter()
+        found = preferences.engine_python(bpy.context)
+        assert time.perf_counter() - began < 0.1, "the click searched again"
+        assert found and Path(found).name.startswith("python")
+    finally:
+        prefs.python_path = chosen
