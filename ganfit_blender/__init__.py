@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class GANFIT_OT_import_result(bpy.types.Operator):
+class GANFIT_OT_import_result(scene_import.SceneChangeProperties, bpy.types.Operator):
     """Import a ganfit result folder: head with expression shape keys, material, light,
     ambient world and the fitted camera"""
 
@@ -52,41 +52,13 @@ class GANFIT_OT_import_result(bpy.types.Operator):
         subtype="DIR_PATH",
     )
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})  # type: ignore[valid-type]
-    match_engine_colour: BoolProperty(  # type: ignore[valid-type]
-        name="Match engine colours",
-        description=("Set the scene's view transform to Standard, which shows exactly the engine's own render "
-                     "(off: your colour management, AgX or Filmic or Standard, stays)"),
-        default=False,
-    )
-    set_world: BoolProperty(  # type: ignore[valid-type]
-        name="Ambient as world",
-        description="Replace the scene's world with one of the fitted ambient colour",
-        default=True,
-    )
-    set_scene_camera: BoolProperty(  # type: ignore[valid-type]
-        name="Use fitted camera",
-        description="Make the fitted camera the scene camera and set the render size to the photo's",
-        default=True,
-    )
-    place_apart: BoolProperty(  # type: ignore[valid-type]
-        name="Place apart",
-        description=("Move the head with its camera and light clear of the scene's objects and earlier "
-                     "results, and frame the view on it; off: at the world origin, as the engine fitted it"),
-        default=True,
-    )
 
     def execute(self, context: bpy.types.Context) -> set[OperatorReturnItems]:
         if not self.directory:
             self.report({"ERROR"}, "Choose a ganfit result folder (the folder holding result.json)")
             return {"CANCELLED"}
-        options = scene_import.ImportOptions(
-            match_engine_colour=self.match_engine_colour,
-            set_world=self.set_world,
-            set_scene_camera=self.set_scene_camera,
-            place_apart=self.place_apart,
-        )
         try:
-            built = scene_import.import_result(context, Path(bpy.path.abspath(self.directory)), options)
+            built = scene_import.import_result(context, Path(bpy.path.abspath(self.directory)), self.import_options())
         except result_reader.ResultError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -187,30 +187,13 @@ class GANFIT_PG_photo(bpy.types.PropertyGroup):
     )
 
 
-class GANFIT_PG_reconstruct(bpy.types.PropertyGroup):
+class GANFIT_PG_reconstruct(scene_import.SceneChangeProperties, bpy.types.PropertyGroup):
     """Reconstruct settings, stored on the scene (``scene.ganfit_reconstruct``)."""
 
     photo: StringProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Photo", description="Photo of one face (the largest face is used)", subtype="FILE_PATH"
     )
     more_photos: CollectionProperty(type=GANFIT_PG_photo)  # type: ignore[valid-type]  # fake-bpy: props return None
-    set_world: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
-        name="Ambient as world",
-        description="Replace the scene's world with one of the fitted ambient colour (off: your world stays)",
-        default=True,
-    )
-    set_scene_camera: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
-        name="Use fitted camera",
-        description="Make the fitted camera the scene camera and set the render size to the photo's "
-                    "(off: your camera and render size stay)",
-        default=True,
-    )
-    match_engine_colour: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
-        name="Match engine colours",
-        description=("Set the scene's view transform to Standard, which shows exactly the engine's own render "
-                     "(off: your colour management, AgX or Filmic or Standard, stays)"),
-        default=False,
-    )
     mode: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Mode",
         items=[("GANFIT", "GANFit", "Fit shape, expression, camera, light and texture to the photo by "
@@ -396,10 +379,7 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             self._preview = None
 
     def _import(self, context: bpy.types.Context, folder: Path) -> set[OperatorReturnItems]:
-        settings = reconstruct_settings(context)
-        options = scene_import.ImportOptions(  # what the import may change in the artist's scene
-            match_engine_colour=settings.match_engine_colour, set_world=settings.set_world,
-            set_scene_camera=settings.set_scene_camera)
+        options = reconstruct_settings(context).import_options()  # what it may change in the artist's scene
         try:
             built = scene_import.import_result(context, folder, options)
         except result_reader.ResultError as exc:
@@ -584,6 +564,7 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     scene_box.prop(settings, "set_world")
     scene_box.prop(settings, "set_scene_camera")
     scene_box.prop(settings, "match_engine_colour")
+    scene_box.prop(settings, "place_apart")
     if RUN.running:
         box.progress(factor=RUN.fraction, type="BAR", text=RUN.status.removeprefix("GANFit: "))
         box.operator(GANFIT_OT_reconstruct_cancel.bl_idname, icon="CANCEL")

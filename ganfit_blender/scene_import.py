@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import bpy
+from bpy.props import BoolProperty
 
 from .expressions import FITTED_PROPERTY
 import numpy as np
@@ -23,7 +24,7 @@ from mathutils import Matrix, Vector
 
 from .result_reader import Float64Array, ResultData, model_to_blender, read_result
 
-__all__ = ["ImportOptions", "ImportedScene", "import_result", "import_result_data", "LIGHT_UNIT"]
+__all__ = ["ImportOptions", "ImportedScene", "SceneChangeProperties", "import_result", "import_result_data", "LIGHT_UNIT"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,41 @@ class ImportOptions:
     set_world: bool = True  # ambient light as the scene's world colour
     set_scene_camera: bool = True  # make the fitted camera the scene camera and set the resolution
     place_apart: bool = True  # move the new rig clear of what the scene holds, and frame the view on it
+
+
+class SceneChangeProperties:
+    """``ImportOptions`` as Blender properties, written once for the Import operator and the
+    Reconstruct panel's settings (a mixin: Blender collects annotations from base classes)."""
+
+    # bpy.props functions are typed as returning None in fake-bpy-module; in Blender they
+    # return the property definitions that these annotations declare.
+    set_world: BoolProperty(  # type: ignore[valid-type]
+        name="Ambient as world",
+        description="Replace the scene's world with one of the fitted ambient colour (off: your world stays)",
+        default=True,
+    )
+    set_scene_camera: BoolProperty(  # type: ignore[valid-type]
+        name="Use fitted camera",
+        description="Make the fitted camera the scene camera and set the render size to the photo's "
+                    "(off: your camera and render size stay)",
+        default=True,
+    )
+    match_engine_colour: BoolProperty(  # type: ignore[valid-type]
+        name="Match engine colours",
+        description=("Set the scene's view transform to Standard, which shows exactly the engine's own render "
+                     "(off: your colour management, AgX or Filmic or Standard, stays)"),
+        default=False,
+    )
+    place_apart: BoolProperty(  # type: ignore[valid-type]
+        name="Place apart",
+        description=("Move the head with its camera and light clear of the scene's objects and earlier "
+                     "results, and frame the view on it; off: at the world origin, as the engine fitted it"),
+        default=True,
+    )
+
+    def import_options(self) -> ImportOptions:
+        return ImportOptions(match_engine_colour=bool(self.match_engine_colour), set_world=bool(self.set_world),
+                             set_scene_camera=bool(self.set_scene_camera), place_apart=bool(self.place_apart))
 
 
 @dataclass
