@@ -18,7 +18,6 @@ expression, pose and light, and the final texture is projected again from the fi
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,10 +29,10 @@ from torch import Tensor
 from ..face.alignment import ChipWarp, Window, crop_window, extract_chips
 from ..face.detection import FACE_OUTLINE
 from ..models.shape_model import ShapeModel
+from ..objective import FullObjective
+from ..params import FitParams, LightParams
 from ..render import Camera, MeshRenderer, PointLight
-from .appearance_stage import light_from_direction
-from .landmark_stage import interocular
-from .losses import coefficient_prior, content_loss, identity_loss, landmark_loss, pixel_loss
+from .losses import identity_loss, pixel_loss
 from .optim import Adam, check_finite_loss
 from .pose import HeadPose, axis_angle_to_matrix
 from .progress import MESH_EVERY, ProgressEvent, ProgressFn, no_progress
@@ -106,29 +105,6 @@ def prepare_target(
 
 
 @dataclass
-class LightParams:
-    """Optimisable point light: direction from the head centre (the distance stays fixed)."""
-
-    direction: Tensor  # (B, 3)
-    colour: Tensor  # (B, 3)
-    ambient: Tensor  # (B, 3)
-    centre: Tensor  # (B, 3) fixed
-    distance: Tensor  # (B,) fixed
-
-    @staticmethod
-    def from_light(light: PointLight, centre: Tensor) -> "LightParams":
-        offset = light.position - centre
-        distance = offset.norm(dim=-1)
-        return LightParams(offset / distance[:, None], light.colour.clone(), light.ambient.clone(), centre, distance)
-
-    def parameters(self) -> list[Tensor]:
-        return [self.direction, self.colour, self.ambient]
-
-    def light(self) -> PointLight:
-        return light_from_direction(self.centre, self.distance, self.direction, self.colour, self.ambient)
-
-
-@dataclass
 class JointFit:
     """Result of the joint stage; tensors detached."""
 
@@ -183,7 +159,6 @@ def fit_joint(
     batch = len(targets)
     dtype, device = identity.dtype, identity.device
     generator = torch.Generator().manual_seed(seed)
-    size = settings.render_size
     pose = HeadPose(*(x.detach().clone().requires_grad_(i < 3) for i, x in enumerate(
         (pose.rotation, pose.offset, pose.log_depth, pose.focal))))
     identity = identity.detach().clone().requires_grad_(True)
@@ -193,11 +168,7 @@ def fit_joint(
     lights = LightParams.from_light(light.detach(), centre)
     for p in lights.parameters():
         p.requires_grad_(True)
-    id_std = model.identity_std.to(dtype)
-    exp_std = model.expression_std.to(dtype)
-    index = model.landmark_indices
-    target_landmarks = torch.cat([t.landmarks for t in targets])
-    iod = interocular(target_landmarks)
+    objective = FullObjective(model, renderer, identity_net, settings, texture_model)
 
     optimiser = Adam([identity, expression] + lights.parameters(), lr=settings.learning_rate)
     pose_optimiser = Adam(pose.parameters(), lr=settings.pose_learning_rate)
@@ -210,6 +181,7 @@ def fit_joint(
     s = settings
     names = ("identity", "random_pose", "content", "pixel", "landmark", "prior", "texture_prior", "total")
     history: dict[str, list[float]] = {name: [] for name in names}
+    params = FitParams(pose=pose, identity=identity, expression=expression, light=lights, texture_latent=latent)
 
     optimisers = [o for o in (optimiser, pose_optimiser, texture_optimiser) if o is not None]
     base_rates = [o.lr for o in optimisers]
@@ -222,71 +194,10 @@ def fit_joint(
             o.lr = rate * ramp
         optimiser.zero_grad(set_to_none=True)
         pose_optimiser.zero_grad(set_to_none=True)
-        if texture_model is not None and latent is not None:
+        if latent is not None:
             latent.grad = None
-            texture = texture_model.decode(latent)
-        shared = identity.expand(batch, -1) * id_std
-        vertices = model.vertices(shared, expression)
-        camera = pose.camera()
-        all_lights = lights.light()
-
-        windows: list[Window] = []
-        warps: list[ChipWarp] = []
-        chip_inputs: list[Tensor] = []
-        photo_rows: list[int] = []
-        random_rows: list[int] = []
-        pixel_terms: list[Tensor] = []
-        projected: list[Tensor] = []
-        for b, target in enumerate(targets):
-            sl = slice(b, b + 1)
-            cam_b, light_b = camera.view(b), all_lights.view(b)
-            marks = model.vertices(shared[sl], expression[sl], indices=index)
-            projected.append(cam_b.project(marks, target.size[0], target.size[1])[..., :2])
-            if s.identity_weight or s.content_weight or s.pixel_weight:
-                out = renderer(vertices[sl], texture, cam_b, light_b, size, size, image_size=target.size, window=target.window)
-                pixel_terms.append(pixel_loss(out.image, target.image, target.region * out.mask))
-                if s.identity_weight or s.content_weight:
-                    photo_rows.append(len(chip_inputs))
-                    chip_inputs.append(out.image * out.mask + target.image * (1 - out.mask))
-                    windows.append(target.window)
-                    warps.append(target.warp)
-            if s.random_pose_weight:
-                random_rows.append(len(chip_inputs))
-                chip_inputs.append(_random_render(
-                    model, renderer, identity_net, target, shared[sl], expression[sl], cam_b.detach(), light_b,
-                    texture, centre[sl], s, generator, windows, warps,
-                ))
-
-        terms: dict[str, Tensor] = {}
-        zero = torch.zeros(batch, dtype=dtype, device=device)
-        if pixel_terms:
-            terms["pixel"] = torch.cat(pixel_terms)
-        if chip_inputs:
-            chips = extract_chips(chip_inputs, windows, warps)
-            if s.content_weight:
-                embeddings, features = identity_net.features(chips)
-            else:
-                embeddings, features = identity_net.embed(chips), []
-            reference = torch.cat([t.embedding for t in targets])
-            if photo_rows:
-                terms["identity"] = identity_loss(embeddings[photo_rows], reference)
-                if features:
-                    refs = [torch.cat([t.features[i] for t in targets]) for i in range(len(features))]
-                    terms["content"] = content_loss([f[photo_rows] for f in features], refs)
-            if random_rows:
-                terms["random_pose"] = identity_loss(embeddings[random_rows], reference)
-        projected_all = torch.cat(projected)
-        terms["landmark"] = landmark_loss(projected_all, target_landmarks, iod)
-        prior = s.identity_prior_weight * coefficient_prior(identity)[0] + s.expression_prior_weight * coefficient_prior(expression, exp_std)
-        prior = prior + s.light_prior_weight * ((lights.colour + lights.ambient).mean(-1) - 1.0) ** 2
-        terms["prior"] = prior
-        if texture_model is not None and latent is not None:
-            terms["texture_prior"] = texture_model.prior(latent).expand(batch)
-        weights = {"identity": s.identity_weight, "random_pose": s.random_pose_weight, "content": s.content_weight,
-                   "pixel": s.pixel_weight, "landmark": s.landmark_weight, "prior": 1.0,
-                   "texture_prior": s.texture_prior_weight}
-        total = sum((weights[k] * terms.get(k, zero)).mean() for k in weights)
-        total.backward()
+        out = objective(params, targets, texture, generator)
+        out.total.backward()
         optimiser.step()
         pose_optimiser.step()
         if texture_optimiser is not None:
@@ -296,14 +207,14 @@ def fit_joint(
             identity.clamp_(-3.0, 3.0)
             lights.colour.clamp_(0.0, 4.0)
             lights.ambient.clamp_(0.0, 4.0)
-        values = {k: float(v.detach().mean()) for k, v in terms.items()}
-        values["total"] = float(total.detach())
+        values = {k: float(v.detach().mean()) for k, v in out.terms.items()}
+        values["total"] = float(out.total.detach())
         check_finite_loss("full-objective fit", step, values["total"], _lower_fit(s))
         for k in names:
             history[k].append(values.get(k, 0.0))
         mesh = None
         if (step + 1) % MESH_EVERY == 0 or step + 1 == s.steps:
-            mesh = vertices[0].detach().cpu().numpy()
+            mesh = out.vertices[0].detach().cpu().numpy()
         progress(ProgressEvent("fitting", step + 1, s.steps, values, vertices=mesh))
 
     if s.steps:
@@ -318,54 +229,6 @@ def fit_joint(
         losses=history,
         texture_latent=None if latent is None else latent.detach(),
     )
-
-
-def _random_render(
-    model: ShapeModel,
-    renderer: MeshRenderer,
-    identity_net: IdentityNetwork,
-    target: PhotoTarget,
-    identity: Tensor,
-    expression: Tensor,
-    camera: Camera,
-    light: PointLight,
-    texture: Tensor,
-    centre: Tensor,
-    s: JointStageSettings,
-    generator: torch.Generator,
-    windows: list[Window],
-    warps: list[ChipWarp],
-) -> Tensor:
-    """Eq. 8: the head with a random pose, expression and light, over a plain background, in a
-    window around its own chip (appended to ``windows``/``warps``). Returns (1, 3, R, R)."""
-    dtype, device = expression.dtype, expression.device
-    size = s.random_render_size
-
-    def uniform(shape: tuple[int, ...], low: float, high: float) -> Tensor:
-        return (low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)).to(device)
-
-    yaw = math.radians(s.random_yaw_degrees) * float(uniform((1,), -1, 1))
-    pitch = math.radians(s.random_pitch_degrees) * float(uniform((1,), -1, 1))
-    view = random_view(camera, centre, yaw, pitch)
-    # A few random expression weights on top of the fitted ones.
-    boost = uniform(tuple(expression.shape), 0, s.random_expression) * (uniform(tuple(expression.shape), 0, 1) < 0.15)
-    expr = torch.clamp(expression + boost, model.expression_min.to(dtype), model.expression_max.to(dtype))
-    vertices = model.vertices(identity, expr)
-    # The light turned about the head centre by up to ``random_light`` radians, its colour
-    # scaled by up to that fraction.
-    turn = axis_angle_to_matrix(uniform((1, 3), -s.random_light, s.random_light))
-    position = centre + ((light.position - centre)[:, None, :] @ turn.transpose(-1, -2))[:, 0]
-    colour = light.colour * (1 + uniform((1, 3), -s.random_light, s.random_light))
-    random_light = PointLight(position, colour, light.ambient)
-    width, height = target.size
-    with torch.no_grad():
-        marks = view.project(vertices[:, model.landmark_indices], width, height)[0, :, :2].cpu().numpy()
-    warp = ChipWarp(identity_net.chip_transform(marks), identity_net.chip_size)
-    window = warp.window()
-    out = renderer(vertices, texture, view, random_light, size, size, image_size=target.size, window=window)
-    windows.append(window)
-    warps.append(warp)
-    return out.image * out.mask + target.background * (1 - out.mask)
 
 
 def refine_texture(
