@@ -331,6 +331,9 @@ class SetupPlan:
     check_imports: tuple[str, ...] = ("ganfit", "torch", "dlib")
     log_path: Path | None = None  # pip's full output; default: beside the environment
     download_note: str = ""  # what the install downloads, e.g. TorchBuild.summary(), shown as it starts
+    # PyTorch first, from this index alone (the CPU-only build's): with PyPI beside it, pip took
+    # PyPI's 3 GB CUDA build whenever the CPU index was slow or out of reach, without a word.
+    torch_index_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -437,9 +440,12 @@ class BackendSetup:
         if not venv_python(plan.venv_dir).is_file():
             raise SetupError(f"{plan.base_python} -m venv made no interpreter in {plan.venv_dir}")
 
+    @staticmethod
+    def _pip_args() -> list[str]:
+        return ["--disable-pip-version-check", "--no-input", "--timeout", str(PIP_TIMEOUT_S), "--retries", str(PIP_RETRIES)]
+
     def _index_args(self) -> list[str]:
-        args = ["--disable-pip-version-check", "--no-input",
-                "--timeout", str(PIP_TIMEOUT_S), "--retries", str(PIP_RETRIES)]
+        args = self._pip_args()
         if self.plan.index_url:
             args += ["--index-url", self.plan.index_url]
         for url in self.plan.extra_index_urls:
@@ -455,8 +461,29 @@ class BackendSetup:
         # the install, which fails then (one unreachable extra index must not stop a set-up).
         self._call("pip", command, "could not update pip", fail=False)
 
+    def _install_torch(self, python: str) -> None:
+        """The chosen PyTorch build alone from its own index, before the engine (which then finds
+        torch installed): if that index cannot serve it, say so instead of falling back to PyPI."""
+        plan = self.plan
+        self._set(stage=f"Installing PyTorch ({plan.download_note})" if plan.download_note else "Installing PyTorch",
+                  fraction=_SPANS["install"][0], detail=plan.torch_index_url)
+        bar = "raw" if self._pip_version(python) >= (24, 1) else "off"
+        command = [python, "-m", "pip", "install", "--prefer-binary", "--progress-bar", bar, *self._pip_args(),
+                   "--index-url", plan.torch_index_url, "torch"]
+        output = self._call("install", command, "pip could not install PyTorch", fail=False)
+        if self._last_rc != 0:
+            if self._cancelled():
+                raise SetupError("cancelled")
+            cause = failure_cause(output, base_python=plan.base_python, index=plan.torch_index_url)
+            raise SetupError(
+                f"{cause or 'PyTorch could not be installed (' + pip_error_line(output) + ')'}; the CPU-only "
+                f"build comes from {plan.torch_index_url}: check that it can be reached, or choose PyTorch: "
+                "CUDA in the preferences to take PyPI's larger build")
+
     def _install(self, python: str) -> None:
         plan = self.plan
+        if plan.torch_index_url:
+            self._install_torch(python)
         note = f" ({plan.download_note})" if plan.download_note else ""
         self._set(stage=f"Installing the engine and PyTorch{note}", fraction=_SPANS["install"][0],
                   detail=plan.wheel.name)

@@ -26,6 +26,7 @@ from .backend_setup import (
     BackendSetup,
     SetupError,
     SetupPlan,
+    TORCH_CPU_INDEX,
     TorchBuild,
     choose_torch,
     complete_venv_python,
@@ -184,6 +185,9 @@ def setup_plan(context: bpy.types.Context) -> SetupPlan:
         index_url=index_url,
         extra_index_urls=build.extra_index_urls,
         download_note=build.summary(),
+        # The CPU-only build from its index alone, so pip cannot quietly take PyPI's CUDA build;
+        # a mirror set in the preferences is the user's to manage, so it is left as it is.
+        torch_index_url=TORCH_CPU_INDEX if not index_url and TORCH_CPU_INDEX in build.extra_index_urls else "",
     )
 
 

@@ -352,3 +352,35 @@ print(json.dumps({{"errors": [str(e) for e in errors], "types": [type(e).__name_
         "types": ["ImportError"],
         "registered": False,
     }, done.stderr[-2000:]
+
+
+def test_the_cpu_build_comes_from_its_own_index_or_not_at_all(
+    prefs_module: ModuleType, installed_addon: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PyPI beside PyTorch's CPU index, pip took PyPI's 3 GB CUDA build whenever the CPU
+    index could not serve: now PyTorch is installed from that index alone first, and if it
+    cannot be reached the report says so (and what to choose) instead of downloading CUDA."""
+    setup = importlib.import_module(f"{installed_addon}.backend_setup")
+    prefs = bpy.context.preferences.addons[installed_addon].preferences
+    chosen_build = prefs.torch_build
+    prefs.python_path, prefs.pip_index_url, prefs.torch_build = "", "", "CPU"
+    try:
+        plan = prefs_module.setup_plan(bpy.context)
+        if sys.platform.startswith("linux"):
+            assert plan.torch_index_url == setup.TORCH_CPU_INDEX  # PyPI's default Linux torch is CUDA's
+        prefs.pip_index_url = "https://mirror.example/simple"
+        assert prefs_module.setup_plan(bpy.context).torch_index_url == ""  # a mirror is the user's to manage
+        prefs.pip_index_url = ""
+        # The CPU index out of reach (nothing listens on the discard port), PyPI reachable:
+        monkeypatch.setattr(prefs_module, "setup_plan",
+                            lambda context: replace(plan, torch_index_url=UNREACHABLE_INDEX))
+        with pytest.raises(RuntimeError) as raised:
+            bpy.ops.ganfit.setup_backend()
+    finally:
+        prefs.torch_build = chosen_build
+    message = str(raised.value).strip().splitlines()[-1]
+    assert UNREACHABLE_INDEX in message and "choose PyTorch: CUDA" in message, message
+    assert not prefs_module.venv_dir().exists()
+    log = prefs_module.venv_dir().with_name(prefs_module.VENV_FOLDER + "-setup.log").read_text()
+    assert f"--index-url {UNREACHABLE_INDEX} torch" in log
+    assert plan.wheel.name not in log, "the engine (and PyPI's torch with it) was installed after all"
