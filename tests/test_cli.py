@@ -173,6 +173,7 @@ def test_cuda_requested_without_cuda(grace_path: Path, tmp_path: Path, capsys):
 def test_batch_continues_after_a_bad_photo(grace_path: Path, coffee_path: Path, tmp_path: Path):
     proc = _run(["reconstruct", str(grace_path), str(coffee_path), "-o", str(tmp_path / "out"), "--each", *FAST])
     assert proc.returncode == 1
+    assert "1 of 2 photos in " in proc.stdout and "photos/s)" in proc.stdout  # the batch's throughput
     assert (tmp_path / "out" / "grace_hopper" / "result.json").is_file()
     assert not (tmp_path / "out" / "coffee").exists()
     assert "1 of 2 photos failed" in proc.stderr
@@ -194,6 +195,7 @@ def test_photos_of_one_person_fail_together(grace_path: Path, coffee_path: Path,
     (["--seed", str(2**70)], "--seed"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
     (["--lr", "1e10"], "--lr"), (["--loss-weight", "identity=1e300"], "--loss-weight identity"),
     (["--fit-lr", "-1"], "--fit-lr"), (["--device", "gpu"], "--device"),
+    (["--mode", "fast"], "not available yet"), (["--mode", "turbo"], "--mode turbo"),
 ])
 def test_bad_values_are_refused_before_any_work(grace_path: Path, tmp_path: Path, capsys, args, needle):
     """These were accepted and failed only after the whole fit, or with a traceback."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import logging
 import platform
+import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,6 +55,9 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--each", action="store_true",
                      help="fit every photo on its own into OUT/<photo name>/ instead of one person from all")
     rec.add_argument("--force", action="store_true", help="replace an existing result folder")
+    rec.add_argument("--mode", default="ganfit", metavar="MODE",
+                     help="ganfit (fitting by optimisation, paper 3; the default); fast and ganfit++ (the regression "
+                          "network of paper 4) are not available yet")
     # Values are kept as typed and checked by ganfit.settings, the rules the protocol uses too.
     rec.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
     rec.add_argument("--steps", default=None, help="landmark-stage steps (default 300)")
@@ -200,10 +204,22 @@ class _ProgressBar:
         self._bar.close()
 
 
+def _check_mode(mode: str) -> None:
+    """The protocol's modes and rule (ganfit.protocol), so the CLI and the add-on agree."""
+    from .protocol import MODES, PLANNED_MODES
+
+    if mode in PLANNED_MODES:
+        raise GanfitError(f"--mode {mode}: not available yet (the regression network of paper 4 is being built); "
+                          "use --mode ganfit")
+    if mode not in MODES:
+        raise GanfitError(f"--mode {mode}: unknown; use {', '.join(MODES)}")
+
+
 def _reconstruct(args: argparse.Namespace) -> int:
     from .io.result import check_output_folder, write_result
 
     settings = _settings(args)
+    _check_mode(args.mode)
     for photo in args.photos:
         if not photo.exists():
             raise GanfitError(f"{photo}: file not found; check the path")
@@ -221,6 +237,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     reconstructor = Reconstructor(settings, shape_model=_shape_model(args), **_backends(args, settings.device))
     reconstructor.texture_model()  # a bad --texture-model file fails now, not after the fit
     failures: list[str] = []
+    started = time.perf_counter()
     for group, out in zip(groups, outputs):
         photo = group[0] if len(group) == 1 else Path(f"{group[0].name} + {len(group) - 1} more")
         bar = _ProgressBar(photo.name, enabled=not args.quiet)
@@ -240,6 +257,10 @@ def _reconstruct(args: argparse.Namespace) -> int:
         errors = [v["landmark_error_iod"] for v in result.views] or [result.landmark_error_iod]
         error_text = ", ".join(f"{e:.2%}" for e in errors)
         print(f"{photo}: wrote {folder} (landmark error {error_text} of the eye-corner distance)")
+    if len(groups) > 1:  # --each over many photos: the throughput
+        seconds = time.perf_counter() - started
+        done = len(groups) - len(failures)
+        print(f"{done} of {len(groups)} photos in {seconds:.1f} s ({done / seconds:.2f} photos/s)")
     if failures:
         print(f"ganfit: {len(failures)} of {len(groups)} photos failed: {', '.join(failures)}", file=sys.stderr)
         return EXIT_SOME_FAILED
