@@ -1,0 +1,230 @@
+"""The regression network of paper section 4 (Fig. 3): one forward pass from a photo's face to
+every parameter GANFit optimises (a ``FitParams``).
+
+Inputs, per photo (``EncoderInputs``):
+- the aligned face: the identity network's 150 x 150 chip (dlib's alignment rule);
+- the identity network's multi-level activations (the content features of eq. 10), each
+  globally average-pooled, with the 128-D descriptor: 32 + 64 + 128 + 256 + 128 = 608 values
+  for ``DlibIdentity``;
+- the 68 detected landmarks, normalised by their centroid and mean spread (the similarity that
+  ``fit.pose.initial_pose`` undoes), concatenated before the last fully connected layers.
+
+Shape (defaults, ``EncoderConfig``), about 0.61 M parameters (2.4 MB in float32):
+- chip branch: five 3x3 stride-2 convolutions 3-16-32-48-64-96 with GroupNorm and ReLU
+  (150 -> 5 px), global average pool, linear 96 -> 128;
+- identity branch: linear 608 -> 256;
+- fusion: [128 | 256] -> 384, ReLU;
+- head: [384 | 136 landmark values] -> 256, ReLU -> the parameters (6 pose + Ki identity +
+  Ke expression + 9 light + the texture latent when a texture model is given).
+Why this size: the heavy lifting (face identity and appearance) is already done by the frozen
+identity network, whose activations are inputs; the network only has to map them to model
+coefficients. A few hundred thousand parameters train at hundreds of photos per second on this
+2-core CPU in stage 1 (stage 2's cost is the renderer and identity network, not the encoder),
+the weights stay far under the 30 MB budget, and the width can grow through ``EncoderConfig``
+when a GPU is lent.
+
+The output layer starts at zero (weights and biases) and every output is a residual on a
+neutral value, so the untrained network renders the mean face (identity 0, expression 0) in
+``initial_pose`` of the detected landmarks, the landmark stage's start, lit by the appearance
+stage's initial light (from the camera, a little above, colour 0.6, ambient 0.4): paper 5.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..fit.pose import HeadPose, initial_pose
+from ..models.shape_model import ShapeModel
+from ..params import FitParams, LightParams
+
+if TYPE_CHECKING:
+    from ..face.identity import IdentityNetwork
+
+__all__ = ["EncoderConfig", "EncoderInputs", "EncoderOutput", "RegressionEncoder", "encoder_inputs", "pool_identity"]
+
+#: Pooled width of ``DlibIdentity.features``: four activation levels and the descriptor.
+DLIB_IDENTITY_WIDTH = 32 + 64 + 128 + 256 + 128
+#: The appearance stage's initial light (``fit.appearance_stage.fit_lighting``).
+INITIAL_COLOUR, INITIAL_AMBIENT, INITIAL_LIFT = 0.6, 0.4, 0.3
+#: Identity coefficients are kept within this many prior stds, as fitting clamps them.
+IDENTITY_LIMIT = 3.0
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The network's widths; stored with every checkpoint so weights reload into the same shape."""
+
+    chip_channels: tuple[int, ...] = (16, 32, 48, 64, 96)
+    chip_features: int = 128
+    identity_width: int = DLIB_IDENTITY_WIDTH
+    identity_features: int = 256
+    fused: int = 384
+    head: int = 256
+    texture_latent_dim: int = 0  # 0: no texture model; else the model's latent size
+    # Output scales: one unit of a raw output moves the parameter by this much.
+    rotation_scale: float = 0.5  # radians
+    offset_scale: float = 0.05  # image-plane offset / depth
+    depth_scale: float = 0.1  # log depth
+    light_scale: float = 0.3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(values: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in fields(EncoderConfig)}
+        values = {k: (tuple(v) if k == "chip_channels" else v) for k, v in values.items() if k in known}
+        return EncoderConfig(**values)
+
+
+@dataclass(frozen=True)
+class EncoderInputs:
+    """What the encoder sees for a batch of B photos (row b is photo b)."""
+
+    chip: Tensor  # (B, 3, 150, 150) RGB in [0, 1], the identity network's aligned chip
+    identity: Tensor  # (B, identity_width) pooled activations and descriptor (``pool_identity``)
+    landmarks: Tensor  # (B, 68, 2) detected, photo pixels
+    image_size: Tensor  # (B, 2) photo width, height
+    focal: Tensor  # (B,) focal length / image width
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "EncoderInputs":
+        return replace(self, **{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
+
+    @staticmethod
+    def cat(rows: list["EncoderInputs"]) -> "EncoderInputs":
+        return EncoderInputs(**{f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(EncoderInputs)})
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """The prediction, and how far the raw outputs went past the parameters' valid ranges
+    (``range_excess`` (B,): add it to a loss so clamped outputs are pulled back, not stuck)."""
+
+    params: FitParams
+    range_excess: Tensor
+
+
+def pool_identity(embedding: Tensor, features: list[Tensor]) -> Tensor:
+    """(B, sum of channels + D): each activation level averaged over space, then the descriptor."""
+    pooled = [f.mean(dim=(2, 3)) if f.dim() == 4 else f.flatten(1) for f in features]
+    return torch.cat([*pooled, embedding], 1)
+
+
+@torch.no_grad()
+def encoder_inputs(photo: Tensor, landmarks: np.ndarray, focal: float, identity_net: "IdentityNetwork",
+                   render_size: int = 224) -> EncoderInputs:
+    """One photo's ``EncoderInputs`` (batch 1). ``photo`` (3, H, W) in [0, 1]; ``landmarks`` (68, 2)."""
+    from ..face.alignment import extract_chips
+    from ..fit.joint_stage import prepare_target
+
+    target = prepare_target(photo, landmarks, identity_net, render_size)
+    chip = extract_chips(target.image, [target.window], [target.warp])
+    width, height = target.size
+    return EncoderInputs(
+        chip=chip.detach(),
+        identity=pool_identity(target.embedding, target.features),
+        landmarks=target.landmarks,
+        image_size=torch.tensor([[width, height]], dtype=photo.dtype, device=photo.device),
+        focal=torch.tensor([focal], dtype=photo.dtype, device=photo.device),
+    )
+
+
+def normalise_landmarks(landmarks: Tensor) -> Tensor:
+    """(B, 136): landmarks minus their centroid, divided by their mean distance to it."""
+    centred = landmarks - landmarks.mean(1, keepdim=True)
+    spread = centred.norm(dim=-1).mean(-1).clamp_min(1e-6)
+    return (centred / spread[:, None, None]).flatten(1)
+
+
+def _chip_branch(channels: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    previous = 3
+    for width in channels:
+        layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), nn.GroupNorm(min(8, width), width), nn.ReLU()]
+        previous = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+class RegressionEncoder(nn.Module):
+    """Fig. 3's encoder for one shape model: ``forward(inputs) -> EncoderOutput``."""
+
+    def __init__(self, model: ShapeModel, config: EncoderConfig = EncoderConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.num_identity = int(model.num_identity)
+        self.num_expression = int(model.num_expression)
+        c = config
+        self.chip = _chip_branch(tuple(c.chip_channels))
+        self.chip_fc = nn.Linear(c.chip_channels[-1], c.chip_features)
+        self.identity_fc = nn.Linear(c.identity_width, c.identity_features)
+        self.fuse = nn.Linear(c.chip_features + c.identity_features, c.fused)
+        self.head = nn.Linear(c.fused + 136, c.head)
+        self.sizes = [3, 2, 1, self.num_identity, self.num_expression, 3, 3, 3, c.texture_latent_dim]
+        self.out = nn.Linear(c.head, sum(self.sizes))
+        nn.init.zeros_(self.out.weight)  # the untrained network predicts the neutral values (paper 5.1)
+        nn.init.zeros_(self.out.bias)
+        with torch.no_grad():
+            zeros_i = torch.zeros(1, self.num_identity)
+            zeros_e = torch.zeros(1, self.num_expression)
+            neutral_marks = model.vertices(zeros_i, zeros_e, indices=model.landmark_indices)[0]
+            centre = model.vertices(zeros_i, zeros_e)[0].mean(0)
+        self.register_buffer("neutral_landmarks", neutral_marks.detach().clone().float())  # (68, 3)
+        self.register_buffer("head_centre", centre.detach().clone().float())  # (3,)
+        self.register_buffer("expression_min", model.expression_min.detach().clone().float())
+        self.register_buffer("expression_max", model.expression_max.detach().clone().float())
+
+    def neutral_pose(self, inputs: EncoderInputs) -> HeadPose:
+        """``initial_pose`` of the detected landmarks for the mean face: where the landmark stage starts."""
+        batch = inputs.landmarks.shape[0]
+        marks = self.neutral_landmarks.to(inputs.landmarks).expand(batch, -1, -1)
+        return initial_pose(inputs.landmarks, marks, inputs.image_size[:, 0], inputs.image_size[:, 1], inputs.focal)
+
+    def forward(self, inputs: EncoderInputs) -> EncoderOutput:
+        c = self.config
+        chip = self.chip_fc(self.chip(inputs.chip))
+        identity = self.identity_fc(inputs.identity)
+        fused = torch.relu(self.fuse(torch.cat([torch.relu(chip), torch.relu(identity)], 1)))
+        hidden = torch.relu(self.head(torch.cat([fused, normalise_landmarks(inputs.landmarks)], 1)))
+        rotation, offset, depth, ident, expr, direction, colour, ambient, latent = self.out(hidden).split(self.sizes, 1)
+
+        with torch.no_grad():
+            base = self.neutral_pose(inputs)
+        pose = HeadPose(
+            rotation=base.rotation + c.rotation_scale * rotation,
+            offset=base.offset + c.offset_scale * offset,
+            log_depth=base.log_depth + c.depth_scale * depth[:, 0],
+            focal=base.focal,
+        )
+        # Clamped in the forward pass (as fitting clamps), straight through in the backward pass;
+        # range_excess pulls raw values that wander past the limits back.
+        lo, hi = self.expression_min.to(expr), self.expression_max.to(expr)
+        expression = expr + (torch.clamp(expr, lo, hi) - expr).detach()
+        identity_c = ident + (ident.clamp(-IDENTITY_LIMIT, IDENTITY_LIMIT) - ident).detach()
+        excess = ((expr - torch.clamp(expr, lo, hi)) ** 2).sum(-1)
+        excess = excess + ((ident - ident.clamp(-IDENTITY_LIMIT, IDENTITY_LIMIT)) ** 2).sum(-1)
+
+        with torch.no_grad():
+            camera = base.camera()
+            centre = self.head_centre.to(camera.position).expand_as(camera.position)
+            distance = (camera.position - centre).norm(dim=-1)
+            towards = (camera.position - centre) / distance[:, None]
+            start = towards + INITIAL_LIFT * camera.up
+        light = LightParams(
+            direction=start + c.light_scale * direction,
+            colour=INITIAL_COLOUR + c.light_scale * colour,
+            ambient=INITIAL_AMBIENT + c.light_scale * ambient,
+            centre=centre.clone(),
+            distance=distance,
+        )
+        params = FitParams(pose=pose, identity=identity_c, expression=expression, light=light,
+                           texture_latent=latent if c.texture_latent_dim else None)
+        return EncoderOutput(params=params, range_excess=excess)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
