@@ -38,6 +38,7 @@ TOOLS = {
     "texture-pca": ("pca", "fit the PCA texture model (paper eq. 1) on a UV texture folder"),
     "train-texture": ("train", "train the UV texture GAN (docs/texture-model.md)"),
     "train-texture-detail": ("detail_train", "train the detail stage of a PCA-latent texture GAN"),
+    "train-regressor": (".train.regressor", "train the Fast-GANFit regression network (docs/regressor.md)"),
 }
 
 
@@ -101,7 +102,7 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     command = next((word for word in words if not word.startswith("-")), None)
     for name, (module, help_text) in TOOLS.items():
         if name == command:
-            importlib.import_module(f".texture.{module}", __package__).register(sub)
+            importlib.import_module(module if module.startswith(".") else f".texture.{module}", __package__).register(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
 
