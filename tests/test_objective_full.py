@@ -96,3 +96,21 @@ def test_params_move_between_devices_and_dtypes(two_people) -> None:
     assert double.identity.dtype == torch.float64 and double.pose.rotation.dtype == torch.float64
     assert double.light.distance.dtype == torch.float64 and double.batch == 2
     assert torch.equal(double.to(dtype=torch.float32).expression, params.expression)
+
+
+def test_a_texture_per_photo_and_one_photos_row(two_people) -> None:
+    """B texture rows are B photos' own textures; FitParams.row(b) is photo b alone, and the
+    batch's terms are each photo's terms (random pose off: it draws from the generator)."""
+    reconstructor, identity_net, fits, targets = two_people
+    objective = FullObjective(reconstructor.model, reconstructor.renderer, identity_net,
+                              JointStageSettings(random_pose_weight=0.0))
+    params = _params(reconstructor, fits).detach()
+    textures = torch.stack([torch.full((3, 8, 8), 0.3), torch.full((3, 8, 8), 0.8)])
+    both = objective(params, targets, textures, torch.Generator())
+    for b in range(2):
+        alone = objective(params.row(b), targets[b:b + 1], textures[b:b + 1], torch.Generator())
+        assert params.row(b).batch == 1
+        for name in ("identity", "pixel", "landmark", "prior"):
+            assert torch.allclose(both.terms[name][b], alone.terms[name][0], rtol=1e-4, atol=1e-6), (b, name)
+    swapped = objective(params, targets, textures.flip(0), torch.Generator())
+    assert not torch.allclose(both.terms["pixel"], swapped.terms["pixel"])  # each photo used its own texture

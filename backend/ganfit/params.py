@@ -75,6 +75,21 @@ class FitParams:
     def point_light(self) -> PointLight:
         return self.light.light()
 
+    def row(self, b: int) -> FitParams:
+        """Photo b's parameters as a batch of one (a shared identity or latent row stays shared)."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else (t if t.shape[0] == 1 else t[b:b + 1])
+
+        pose, light = self.pose, self.light
+        return FitParams(
+            pose=HeadPose(*(t[b:b + 1] for t in (pose.rotation, pose.offset, pose.log_depth, pose.focal))),
+            identity=self.identity if self.identity.shape[0] == 1 else self.identity[b:b + 1],
+            expression=self.expression[b:b + 1],
+            light=LightParams(*(t[b:b + 1] for t in (light.direction, light.colour, light.ambient, light.centre,
+                                                     light.distance))),
+            texture_latent=pick(self.texture_latent),
+        )
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FitParams:
         """The same parameters on another device and/or floating dtype."""
         return _moved(self, device, dtype)

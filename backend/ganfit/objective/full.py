@@ -65,7 +65,8 @@ class FullObjective:
 
     def __call__(self, params: FitParams, targets: list[PhotoTarget], texture: Tensor,
                  generator: torch.Generator) -> ObjectiveOutput:
-        """Score ``params`` against ``targets``. ``texture`` (1, 3, T, T) is used as it is unless
+        """Score ``params`` against ``targets``. ``texture`` (1 or B, 3, T, T; one row shared by
+        all photos or one per photo) is used as it is unless
         the objective has a texture model and ``params.texture_latent`` is set; then the
         texture is the model's decode (eq. 6). ``generator`` draws the random views of eq. 8."""
         model, s = self.model, self.settings
@@ -97,10 +98,11 @@ class FullObjective:
         for b, target in enumerate(targets):
             sl = slice(b, b + 1)
             cam_b, light_b = camera.view(b), all_lights.view(b)
+            texture_b = texture if texture.shape[0] == 1 else texture[sl]
             marks = model.vertices(shared[sl], expression[sl], indices=index)
             projected.append(cam_b.project(marks, target.size[0], target.size[1])[..., :2])
             if s.identity_weight or s.content_weight or s.pixel_weight:  # eq. 7, the photo's view
-                out = self.renderer(vertices[sl], texture, cam_b, light_b, size, size, image_size=target.size,
+                out = self.renderer(vertices[sl], texture_b, cam_b, light_b, size, size, image_size=target.size,
                                     window=target.window)
                 pixel_terms.append(pixel_loss(out.image, target.image, target.region * out.mask))
                 if s.identity_weight or s.content_weight:
@@ -112,7 +114,7 @@ class FullObjective:
                 random_rows.append(len(chip_inputs))
                 chip_inputs.append(random_render(
                     model, self.renderer, self.identity_net, target, shared[sl], expression[sl], cam_b.detach(),
-                    light_b, texture, centre[sl], s, generator, windows, warps,
+                    light_b, texture_b, centre[sl], s, generator, windows, warps,
                 ))
 
         terms: dict[str, Tensor] = {}

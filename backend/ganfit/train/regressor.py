@@ -43,7 +43,7 @@ from ..fit.landmark_stage import interocular
 from ..fit.losses import coefficient_prior, landmark_loss
 from ..fit.settings import JointStageSettings, LandmarkStageSettings
 from ..io.atomic import atomic_file, atomic_savez
-from ..params import FitParams, LightParams
+from ..params import FitParams
 from ..regress.encoder import EncoderConfig, EncoderInputs, RegressionEncoder
 
 __all__ = ["RegressorTrainConfig", "TrainResult", "build_cache", "is_held_out", "load_checkpoint", "train", "register"]
@@ -266,23 +266,6 @@ def landmark_error(params: FitParams, inputs: EncoderInputs, model: Any) -> Tens
     return (projected - inputs.landmarks).norm(dim=-1).mean(-1) / interocular(inputs.landmarks)
 
 
-def params_row(params: FitParams, b: int) -> FitParams:
-    """Photo b's parameters as a batch of one (identity/texture rows shared when there is one)."""
-    from ..fit.pose import HeadPose
-
-    def row(t: Tensor | None) -> Tensor | None:
-        return None if t is None else (t if t.shape[0] == 1 else t[b:b + 1])
-
-    pose = params.pose
-    light = params.light
-    return FitParams(
-        pose=HeadPose(pose.rotation[b:b + 1], pose.offset[b:b + 1], pose.log_depth[b:b + 1], pose.focal[b:b + 1]),
-        identity=row(params.identity), expression=params.expression[b:b + 1],
-        light=LightParams(*(t[b:b + 1] for t in (light.direction, light.colour, light.ambient, light.centre, light.distance))),
-        texture_latent=row(params.texture_latent),
-    )
-
-
 def photo_target(path: Path, landmarks: Tensor, settings: JointStageSettings, identity_net: Any) -> Any:
     from ..fit.joint_stage import prepare_target
     from ..io.images import load_photo
@@ -299,12 +282,9 @@ def skin_texture(target: Any) -> Tensor:
 
 
 def stage2_loss(objective: Any, params: FitParams, targets: list[Any], generator: torch.Generator) -> Tensor:
-    """Eq. 15: the full objective's total, photo by photo (each with its own texture), averaged."""
-    totals = []
-    for b, target in enumerate(targets):
-        texture = skin_texture(target).to(params.expression)
-        totals.append(objective(params_row(params, b), [target], texture, generator).total)
-    return torch.stack(totals).mean()
+    """Eq. 15: the full objective's total over the batch, each photo with its own texture."""
+    textures = torch.cat([skin_texture(target) for target in targets]).to(params.expression)
+    return objective(params, targets, textures, generator).total
 
 
 # ---------------------------------------------------------------------------------------------
