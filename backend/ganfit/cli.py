@@ -30,20 +30,20 @@ EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-#: The texture prior's tools (issue 5): their module under ganfit.texture and one-line help.
+#: The training tools (texture prior, issue 5; regressor, issue 19): their module and one-line help.
 #: Their modules import torch, so only the one whose command is given is imported: a usage
 #: error or ``--help`` answers in a fraction of a second instead of after loading torch.
 TOOLS = {
-    "texture-dataset": ("dataset", "build a UV texture set (albedo + confidence maps) from a folder of face photos"),
-    "texture-pca": ("pca", "fit the PCA texture model (paper eq. 1) on a UV texture folder"),
-    "train-texture": ("train", "train the UV texture GAN (docs/texture-model.md)"),
-    "train-texture-detail": ("detail_train", "train the detail stage of a PCA-latent texture GAN"),
+    "texture-dataset": (".texture.dataset", "build a UV texture set (albedo + confidence maps) from a folder of face photos"),
+    "texture-pca": (".texture.pca", "fit the PCA texture model (paper eq. 1) on a UV texture folder"),
+    "train-texture": (".texture.train", "train the UV texture GAN (docs/texture-model.md)"),
+    "train-texture-detail": (".texture.detail_train", "train the detail stage of a PCA-latent texture GAN"),
     "train-regressor": (".train.regressor", "train the Fast-GANFit regression network (docs/regressor.md)"),
 }
 
 
 def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole CLI; of the texture tools, only the one ``argv`` names is loaded in full."""
+    """The whole CLI; of the training tools, only the one ``argv`` names is loaded in full."""
     parser = argparse.ArgumentParser(prog="ganfit", description="3D face reconstruction from photos (Fast-GANFit).")
     parser.add_argument("--version", action="version", version=f"ganfit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,7 +102,7 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     command = next((word for word in words if not word.startswith("-")), None)
     for name, (module, help_text) in TOOLS.items():
         if name == command:
-            importlib.import_module(module if module.startswith(".") else f".texture.{module}", __package__).register(sub)
+            importlib.import_module(module, __package__).register(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
 
