@@ -127,11 +127,27 @@ def test_stage_two_step_is_finite_and_writes_a_sample_sheet(tmp_path, photos, ca
     assert pixels[:, size:2 * size].std() > 5 and pixels[:, 2 * size:].std() > 5
 
 
+def test_limit_takes_a_uniform_sample_not_the_youngest(tmp_path) -> None:
+    """UTKFace's names start with the age: the first N in name order were all small children."""
+    folder = tmp_path / "ages"
+    folder.mkdir()
+    for age in range(1, 91):
+        for i in range(5):
+            (folder / f"{age}_0_0_2017{i:04d}.jpg.chip.jpg").write_bytes(b"")
+    ages = [int(p.name.split("_")[0]) for p in list_photos(folder, limit=90)]
+    assert 30 < sum(ages) / len(ages) < 60 and max(ages) > 70
+
+
 def test_held_out_split_is_by_name_and_never_trained_on(tmp_path, photos, cache) -> None:
     names = [f"{i}_0_0_2017.jpg" for i in range(2000)]
     held = [n for n in names if is_held_out(n, 0.05)]
     assert 60 < len(held) < 140 and held == [n for n in names if is_held_out(n, 0.05)]
     assert not any(is_held_out(n, 0.0) for n in names)
+    # The identity benchmark's 20 photos (Table I's UTKFace photos) are never trained on, as
+    # they are never in the texture GAN's training set: one rule for the whole project.
+    from ganfit.texture.dataset import OBJECTIVE_TEST_PHOTOS
+
+    assert all(is_held_out(name, 0.0) for name in OBJECTIVE_TEST_PHOTOS)
     # Held-out photos are not in the training set: with 0.5 held out, the run trains on the rest.
     files = list_photos(photos)
     trained = [p for p in files if not is_held_out(p.name, 0.5)]

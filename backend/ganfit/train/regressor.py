@@ -62,7 +62,7 @@ class RegressorTrainConfig:
     out: str
     data: str = DEFAULT_DATA
     cache: str | None = None  # default: <out>/cache
-    limit: int = 0  # use only the first N photos of the folder (sorted by name); 0 = all
+    limit: int = 0  # use only N photos of the folder (the first in a fixed hash order: a uniform sample); 0 = all
     held_out: float = 0.05  # fraction of photos (by file-name hash) never trained on
     stage1_steps: int = 2000
     stage2_steps: int = 0
@@ -112,17 +112,23 @@ class TrainResult:
 
 
 def is_held_out(name: str, fraction: float) -> bool:
-    """The held-out rule: the file name's SHA-1, as a number in [0, 1), below ``fraction``."""
-    digest = hashlib.sha1(name.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    """The project's one held-out rule (``texture.dataset.held_out``): a hash of the file name
+    below ``fraction``, and always the 20 UTKFace photos of the identity benchmark. So the
+    photos held out from the texture GAN and from the regressor are the same, and the Table I
+    photos are unseen by both."""
+    from ..texture.dataset import held_out
+
+    return held_out(name, fraction)
 
 
 def list_photos(folder: Path, limit: int = 0) -> list[Path]:
     if not folder.is_dir():
         raise GanfitError(f"{folder}: no such folder of photos; pass --data FOLDER (JPEG/PNG face photos)")
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
-    if limit > 0:
-        photos = photos[:limit]
+    if limit > 0:  # a uniform sample: in name order UTKFace's first photos are all small children
+        from ..texture.dataset import processing_order
+
+        photos = sorted(sorted(photos, key=lambda p: processing_order(p.name))[:limit])
     if not photos:
         raise GanfitError(f"{folder}: no JPEG/PNG photos in it; pass --data with a folder of face photos")
     return photos
@@ -545,7 +551,7 @@ def register(subparsers: Any, name: str = "train-regressor") -> argparse.Argumen
     add("--out", required=True, help="run folder: config.json, checkpoints/, samples/, cache/")
     add("--data", default=DEFAULT_DATA, help=f"folder of face photos (default {DEFAULT_DATA})")
     add("--cache", default=None, help="feature cache folder (default OUT/cache)")
-    add("--limit", type=int, default=0, help="use only the first N photos (sorted by name); 0 = all")
+    add("--limit", type=int, default=0, help="use only N photos, a uniform sample (the first in a fixed hash order); 0 = all")
     add("--held-out", type=float, default=defaults.held_out, help="fraction held out by file-name hash")
     add("--stage1-steps", type=int, default=defaults.stage1_steps, help="landmark-loss steps (paper 4, stage 1)")
     add("--stage2-steps", type=int, default=defaults.stage2_steps, help="full-objective steps (eq. 15)")
