@@ -17,6 +17,7 @@ failed, cancelled or crashed reconstruction leaves nothing behind.
 from __future__ import annotations
 
 import atexit
+import stat
 import logging
 import time
 import uuid
@@ -133,6 +134,7 @@ def photo_thumbnail(path: str) -> bpy.types.ImagePreview | None:
     return _photo_previews[key]
 
 
+_photo_problems: dict[str, str | None] = {}  # photo_problem's answers by file version
 #: File signatures of the photo formats the engine reads (Pillow): a file with none of them
 #: is not a photo, and its thumbnail would be blank with no hint.
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -140,20 +142,27 @@ _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a"
 
 
 def photo_problem(path: str) -> str | None:
-    """Why ``path`` cannot be reconstructed from, in a few words; None when it looks like a photo."""
+    """Why ``path`` cannot be reconstructed from, in a few words; None when it looks like a photo.
+    The panel asks on every redraw: the file's first bytes are read once per version of it."""
     if not path:
         return "No photo chosen"
     photo = Path(bpy.path.abspath(path))
     try:
-        with open(photo, "rb") as handle:
-            head = handle.read(16)
-    except IsADirectoryError:
-        return "A folder, not a photo"
+        info = photo.stat()
     except OSError:
         return "Photo not found"
-    if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return None
-    return "Not a photo: choose a JPEG, PNG, WebP, TIFF, BMP or GIF"
+    if stat.S_ISDIR(info.st_mode):
+        return "A folder, not a photo"
+    key = f"{photo}:{info.st_mtime_ns}:{info.st_size}"
+    if key not in _photo_problems:
+        try:
+            with open(photo, "rb") as handle:
+                head = handle.read(16)
+        except OSError:
+            return "Photo not found"
+        looks_like_photo = head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        _photo_problems[key] = None if looks_like_photo else "Not a photo: choose a JPEG, PNG, WebP, TIFF, BMP or GIF"
+    return _photo_problems[key]
 
 
 def chosen_photos(settings: Any) -> list[str]:

@@ -531,6 +531,19 @@ def _paths(value: object, prefix: tuple = ()) -> Iterator[tuple]:
             yield from _paths(item, (*prefix, index))
 
 
+def wrong_values(original: dict) -> Iterator[tuple[tuple, object, dict]]:
+    """(path, value, document) for each value of ``original`` replaced by each JSON type; shared
+    with the add-on reader's test (tests/blender/test_result_reader.py)."""
+    for path in list(_paths(original))[1:]:
+        for value in (None, True, -1, 1e308, "x", [], {}, [[1e308]] * 3):
+            doc = json.loads(json.dumps(original))
+            node = doc
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            yield path, value, doc
+
+
 def test_any_wrong_value_in_result_json_is_a_result_file_error(
     tmp_path: Path, recon: Reconstruction
 ) -> None:
@@ -539,20 +552,14 @@ def test_any_wrong_value_in_result_json_is_a_result_file_error(
     out = write_result(recon, tmp_path / "out", exports=False)
     original = json.loads((out / RESULT_JSON).read_text())
     raw: list[str] = []
-    for path in list(_paths(original))[1:]:
-        for value in (None, True, -1, 1e308, "x", [], {}, [[1e308]] * 3):
-            doc = json.loads(json.dumps(original))
-            node = doc
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = value
-            (out / RESULT_JSON).write_text(json.dumps(doc))
-            try:
-                read_result(out)
-            except ResultFileError:
-                pass
-            except Exception as exc:  # noqa: BLE001 - collected to report them all at once
-                raw.append(f"{path} = {value!r}: {type(exc).__name__}: {exc}")
+    for path, value, doc in wrong_values(original):
+        (out / RESULT_JSON).write_text(json.dumps(doc))
+        try:
+            read_result(out)
+        except ResultFileError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - collected to report them all at once
+            raw.append(f"{path} = {value!r}: {type(exc).__name__}: {exc}")
     assert raw == []
 
 

@@ -15,12 +15,12 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
 from .errors import GanfitError
+from .protocol import MODES, PLANNED_MODES, progress_fraction  # stdlib only, shared with the add-on
 from .settings import LOSS_TERMS
 
 log = logging.getLogger("ganfit")
@@ -188,8 +188,6 @@ class _ProgressBar:
         self._stage = ""
 
     def __call__(self, event) -> None:
-        from .protocol import progress_fraction  # the stages' shares, shared with the add-on
-
         value = 100.0 * progress_fraction(event.stage, event.step, event.total, default=self._bar.n / 100.0)
         # Redraw on each whole percent or new stage: a log file gets ~100 lines, not thousands.
         if int(value) == int(self._bar.n) and event.stage == self._stage:
@@ -207,8 +205,6 @@ class _ProgressBar:
 
 def _check_mode(mode: str) -> None:
     """The protocol's modes and rule (ganfit.protocol), so the CLI and the add-on agree."""
-    from .protocol import MODES, PLANNED_MODES
-
     if mode in PLANNED_MODES:
         raise GanfitError(f"--mode {mode}: not available yet (the regression network of paper 4 is being built); "
                           "use --mode ganfit")

@@ -17,18 +17,9 @@ bpy = pytest.importorskip("bpy", reason=BPY_MISSING)
 
 from .conftest import empty_scene  # noqa: E402
 
-#: Live Link Face's columns after Timecode and BlendShapeCount, in the order the app writes them.
-SHAPES = (
-    "EyeBlinkLeft EyeLookDownLeft EyeLookInLeft EyeLookOutLeft EyeLookUpLeft EyeSquintLeft EyeWideLeft "
-    "EyeBlinkRight EyeLookDownRight EyeLookInRight EyeLookOutRight EyeLookUpRight EyeSquintRight EyeWideRight "
-    "JawForward JawRight JawLeft JawOpen MouthClose MouthFunnel MouthPucker MouthRight MouthLeft "
-    "MouthSmileLeft MouthSmileRight MouthFrownLeft MouthFrownRight MouthDimpleLeft MouthDimpleRight "
-    "MouthStretchLeft MouthStretchRight MouthRollLower MouthRollUpper MouthShrugLower MouthShrugUpper "
-    "MouthPressLeft MouthPressRight MouthLowerDownLeft MouthLowerDownRight MouthUpperUpLeft MouthUpperUpRight "
-    "BrowDownLeft BrowDownRight BrowInnerUp BrowOuterUpLeft BrowOuterUpRight CheekPuff CheekSquintLeft "
-    "CheekSquintRight NoseSneerLeft NoseSneerRight TongueOut"
-).split()
-ROTATIONS = "HeadYaw HeadPitch HeadRoll LeftEyeYaw LeftEyePitch LeftEyeRoll RightEyeYaw RightEyePitch RightEyeRoll".split()
+# Live Link Face's columns after Timecode and BlendShapeCount, as the parser's test writes them.
+from test_arkit_csv import LLF_ROTATIONS as ROTATIONS, LLF_SHAPES as SHAPES  # noqa: E402  (tests/ is on the path)
+
 CAPTURE_FPS = 60
 SECONDS = 3.0
 

@@ -63,7 +63,7 @@ def test_reader_refuses_bad_folders(engine_result: Path, tmp_path: Path, edit, m
 # --- whatever the folder holds, the reader raises ResultError (never a raw exception) ---------
 
 from test_result_io import synthetic_reconstruction  # noqa: E402  (tests/ is on the path)
-from test_result_safety import DAMAGED_PNGS, _paths  # noqa: E402
+from test_result_safety import DAMAGED_PNGS, wrong_values  # noqa: E402
 
 from ganfit.io.result import write_result  # noqa: E402
 
@@ -113,20 +113,14 @@ def test_reader_raises_only_result_error_for_any_wrong_value(synthetic_result: P
     json_path = synthetic_result / "result.json"
     original = json.loads(json_path.read_text())
     raw: list[str] = []
-    for path in list(_paths(original))[1:]:
-        for value in (None, True, -1, 1e308, "x", [], {}, [[1e308]] * 3):
-            doc = json.loads(json.dumps(original))
-            node = doc
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = value
-            json_path.write_text(json.dumps(doc))
-            try:
-                result_reader.read_result(synthetic_result)
-            except result_reader.ResultError:
-                pass
-            except Exception as exc:  # noqa: BLE001 - collected to report them all at once
-                raw.append(f"{path} = {value!r}: {type(exc).__name__}: {exc}")
+    for path, value, doc in wrong_values(original):
+        json_path.write_text(json.dumps(doc))
+        try:
+            result_reader.read_result(synthetic_result)
+        except result_reader.ResultError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - collected to report them all at once
+            raw.append(f"{path} = {value!r}: {type(exc).__name__}: {exc}")
     assert raw == []
 
 

@@ -22,13 +22,13 @@ from .progress import MESH_EVERY, ProgressEvent, ProgressFn, no_progress
 from .settings import LandmarkStageSettings
 
 
+log = logging.getLogger(__name__)
+
+
 def _lower_lr(settings: LandmarkStageSettings) -> str:
     """What to do about a runaway landmark stage: its learning rate is the only lever."""
     return (f"lower the landmark-stage learning rate (--lr, the protocol's lr; now {settings.learning_rate:g}, "
             f"default {LandmarkStageSettings.learning_rate:g})")
-from .settings import LandmarkStageSettings
-
-log = logging.getLogger(__name__)
 
 
 

@@ -44,6 +44,7 @@ from ..fit.losses import coefficient_prior, landmark_loss
 from ..fit.settings import JointStageSettings, LandmarkStageSettings
 from ..io.atomic import atomic_file, atomic_savez
 from ..params import FitParams
+from ..texture.dataset import held_out, processing_order  # numpy only: the project's split and order
 from ..regress.encoder import EncoderConfig, EncoderInputs, RegressionEncoder
 
 __all__ = ["RegressorTrainConfig", "TrainResult", "build_cache", "is_held_out", "load_checkpoint", "train", "register"]
@@ -116,8 +117,6 @@ def is_held_out(name: str, fraction: float) -> bool:
     below ``fraction``, and always the 20 UTKFace photos of the identity benchmark. So the
     photos held out from the texture GAN and from the regressor are the same, and the Table I
     photos are unseen by both."""
-    from ..texture.dataset import held_out
-
     return held_out(name, fraction)
 
 
@@ -126,8 +125,6 @@ def list_photos(folder: Path, limit: int = 0) -> list[Path]:
         raise GanfitError(f"{folder}: no such folder of photos; pass --data FOLDER (JPEG/PNG face photos)")
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
     if limit > 0:  # a uniform sample: in name order UTKFace's first photos are all small children
-        from ..texture.dataset import processing_order
-
         photos = sorted(sorted(photos, key=lambda p: processing_order(p.name))[:limit])
     if not photos:
         raise GanfitError(f"{folder}: no JPEG/PNG photos in it; pass --data with a folder of face photos")
