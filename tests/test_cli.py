@@ -195,7 +195,7 @@ def test_photos_of_one_person_fail_together(grace_path: Path, coffee_path: Path,
     (["--seed", str(2**70)], "--seed"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
     (["--lr", "1e10"], "--lr"), (["--loss-weight", "identity=1e300"], "--loss-weight identity"),
     (["--fit-lr", "-1"], "--fit-lr"), (["--device", "gpu"], "--device"),
-    (["--mode", "fast"], "not available yet"), (["--mode", "turbo"], "--mode turbo"),
+    (["--mode", "fast", "--fit-steps", "3"], "--fit-steps: not used by mode fast"), (["--mode", "turbo"], "--mode turbo"),
 ])
 def test_bad_values_are_refused_before_any_work(grace_path: Path, tmp_path: Path, capsys, args, needle):
     """These were accepted and failed only after the whole fit, or with a traceback."""

@@ -168,7 +168,8 @@ def test_cancel_by_an_integer_id(engine: Engine, grace_path: Path, tmp_path: Pat
         ({"type": "reconstruct", "id": "e4", "photos": [], "output": "OUT"}, "photos"),
         ({"type": "reconstruct", "id": "e7", "photos": ["GRACE"], "output": "OUT", "options": {"clean_texture": "yes"}}, "true or false"),
         ({"type": "frobnicate", "id": "e5"}, "unknown request type"),
-        ({"type": "reconstruct", "id": "e6", "photos": ["GRACE"], "output": "OUT", "mode": "fast"}, "not available yet"),
+        ({"type": "reconstruct", "id": "e6", "photos": ["GRACE"], "output": "OUT", "mode": "fast",
+          "options": {"lighting_steps": 3}}, "option lighting_steps: not used by mode fast"),
         # Issue 16, class 6: each of these said "internal error" or was silently accepted.
         ({"type": "reconstruct", "id": "e8", "photos": ["GRACE"], "output": "OUT", "options": [1]}, "options must be"),
         ({"type": "reconstruct", "id": "e9", "photos": ["GRACE"], "output": "OUT", "options": "fast please"}, "options must be"),

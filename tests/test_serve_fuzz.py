@@ -69,7 +69,7 @@ def _wrong_types(rng: random.Random, photo: str, out: str) -> bytes:
     elif broken in ("force", "mesh_updates"):
         valid[broken] = rng.choice(["false", "true", 0, 1, None, [], {}])
     elif broken == "mode":
-        valid["mode"] = rng.choice(["fast", "ganfit++", "turbo", 1, None, []])
+        valid["mode"] = rng.choice(["FAST", "ganfit+", "turbo", 1, None, []])
     elif broken == "options":
         valid["options"] = rng.choice(["fast please", [1, 2], 5, True])
     elif broken == "loss_weights":

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import GanfitError
-from .protocol import MODES, PLANNED_MODES, progress_fraction  # stdlib only, shared with the add-on
+from .protocol import MODE_HELP, progress_fraction  # stdlib only, shared with the add-on
 from .settings import LOSS_TERMS
 
 log = logging.getLogger("ganfit")
@@ -56,9 +56,12 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--each", action="store_true",
                      help="fit every photo on its own into OUT/<photo name>/ instead of one person from all")
     rec.add_argument("--force", action="store_true", help="replace an existing result folder")
-    rec.add_argument("--mode", default="ganfit", metavar="MODE",
-                     help="ganfit (fitting by optimisation, paper 3; the default); fast and ganfit++ (the regression "
-                          "network of paper 4) are not available yet")
+    rec.add_argument("--mode", default=None, metavar="MODE",
+                     help="; ".join(f"{mode}: {text.split(': ', 1)[1]}" for mode, text in MODE_HELP.items())
+                          + f" (default {_default_mode()}; docs/regressor.md). The regression network is trained on "
+                          "UTKFace: non-commercial research only")
+    rec.add_argument("--regressor", default=None, metavar="NPZ",
+                     help="regression network weights for --mode fast/ganfit++ (default: the shipped ones)")
     # Values are kept as typed and checked by ganfit.settings, the rules the protocol uses too.
     rec.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
     rec.add_argument("--steps", default=None, help="landmark-stage steps (default 300)")
@@ -116,7 +119,8 @@ def _settings(args: argparse.Namespace):
     from .settings import OPTIONS, build_settings, parse_loss_weights
 
     given: dict[str, Any] = {key: getattr(args, key) for key in OPTIONS}
-    given.update(device=args.device, clean_texture=args.clean_texture, texture_model=args.texture_model)
+    given.update(device=args.device, clean_texture=args.clean_texture, texture_model=args.texture_model,
+                 mode=args.mode, regressor=args.regressor)
     if args.loss_weight:
         given["loss_weights"] = parse_loss_weights(args.loss_weight)
     return build_settings(given, "cli")
@@ -203,20 +207,16 @@ class _ProgressBar:
         self._bar.close()
 
 
-def _check_mode(mode: str) -> None:
-    """The protocol's modes and rule (ganfit.protocol), so the CLI and the add-on agree."""
-    if mode in PLANNED_MODES:
-        raise GanfitError(f"--mode {mode}: not available yet (the regression network of paper 4 is being built); "
-                          "use --mode ganfit")
-    if mode not in MODES:
-        raise GanfitError(f"--mode {mode}: unknown; use {', '.join(MODES)}")
+def _default_mode() -> str:
+    from .fit.settings import FitSettings
+
+    return FitSettings().mode
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
     from .io.result import check_output_folder, write_result
 
     settings = _settings(args)
-    _check_mode(args.mode)
     for photo in args.photos:
         if not photo.exists():
             raise GanfitError(f"{photo}: file not found; check the path")
@@ -233,6 +233,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     reconstructor = Reconstructor(settings, shape_model=_shape_model(args), **_backends(args, settings.device))
     reconstructor.texture_model()  # a bad --texture-model file fails now, not after the fit
+    if settings.mode != "ganfit":
+        reconstructor.regressor()  # so do missing or foreign regressor weights
     failures: list[str] = []
     started = time.perf_counter()
     for group, out in zip(groups, outputs):
@@ -304,6 +306,7 @@ def info_dict() -> dict[str, Any]:
     except GanfitError as exc:
         models["landmarks"] = {"error": str(exc)}
     models.update(_texture_models_info(TEXTURE_MODEL))
+    models["regressor"] = _regressor_info()
     return {
         "ganfit": __version__,
         "python": platform.python_version(),
@@ -348,6 +351,31 @@ def _texture_models_info(projection: str) -> dict[str, Any]:
         entries["texture"] = {"name": projection, "path": "(computed from each photo)",
                               "use": "default; `--texture-model gan|FILE` fits a texture model's latent instead"}
     return entries
+
+
+def _regressor_info() -> dict[str, Any]:
+    """``info``'s entry for the Fast-GANFit regression network: its provenance and licence."""
+    from .fit.settings import FitSettings
+    from .regress.weights import SHIPPED_REGRESSOR, regressor_provenance
+
+    try:
+        provenance = regressor_provenance()
+    except GanfitError as exc:
+        return {"error": str(exc)}
+    if provenance is None or not SHIPPED_REGRESSOR.is_file():
+        return {"error": f"{SHIPPED_REGRESSOR} is missing: reinstall ganfit (modes fast and ganfit++ need it)"}
+    steps = provenance.get("steps") or {}
+    data = provenance.get("data") or {}
+    entry: dict[str, Any] = {
+        "name": "Fast-GANFit regression network trained by the project (paper 4)",
+        "path": str(SHIPPED_REGRESSOR),
+        "use": f"`reconstruct --mode fast|ganfit++`{' (the default mode)' if FitSettings().mode != 'ganfit' else ''}",
+        "parameters": provenance.get("parameters"),
+        "trained": f"{steps.get('stage1')} landmark + {steps.get('stage2')} full-objective steps on "
+                   f"{(provenance.get('hardware') or {}).get('device')}, {provenance.get('wall_clock_hours')} h",
+        "licence": data.get("licence") if isinstance(data, dict) else None,
+    }
+    return entry
 
 
 def _info(args: argparse.Namespace) -> int:

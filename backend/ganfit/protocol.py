@@ -11,9 +11,16 @@ from __future__ import annotations
 #: Changes whenever a request or event changes incompatibly (docs/protocol.md).
 PROTOCOL_VERSION = 1
 
-#: Reconstruction modes a request may name today, and those planned (paper section 4).
-MODES = ("ganfit",)
-PLANNED_MODES = ("fast", "ganfit++")
+#: Reconstruction modes (paper section 4): "ganfit" optimises, "fast" is the regression
+#: network's one forward pass, "ganfit++" starts the fit from it. The default is
+#: ``FitSettings.mode`` (docs/regressor.md says which and why).
+MODES = ("ganfit", "fast", "ganfit++")
+#: One line per mode, for menus and help.
+MODE_HELP = {
+    "ganfit": "GANFit: fitting by optimisation (paper 3), the slowest",
+    "fast": "Fast-GANFit: one pass of the regression network (paper 4), well under a second",
+    "ganfit++": "GANFit++: the regression network's answer refined by a short fit (paper 4)",
+}
 
 #: A reconstruction's stages in order, each with its share of the whole progress bar (they sum
 #: to 1). Measured on the Default preset: the full-objective fit takes most of the time.

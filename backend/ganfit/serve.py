@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import GanfitError
-from .protocol import MODES, PLANNED_MODES, PROTOCOL_VERSION  # defined once, shared with the add-on
+from .protocol import PROTOCOL_VERSION  # defined once, shared with the add-on
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,11 @@ def _job_spec(request: dict[str, Any]) -> _JobSpec:
         raise GanfitError("the same photo is in 'photos' twice; give each photo once")
     output = Path(_path(request.get("output"), "'output' (the result folder to write)"))
     force = _flag(request, "force")
-    mode = request.get("mode", "ganfit")
-    if mode in PLANNED_MODES:
-        raise GanfitError(f"mode {mode!r} is not available yet; use 'ganfit'")
-    if mode not in MODES:
-        raise GanfitError(f"unknown mode {json.dumps(mode)[:40]}; use 'ganfit'")
     options = request.get("options")
-    settings = _settings_from_options({} if options is None else options)
+    options = {} if options is None else options
+    if "mode" in request and isinstance(options, dict):  # the request's own field, checked with the options
+        options = {**options, "mode": request["mode"]}
+    settings = _settings_from_options(options)
     check_output_folder(output, force=force)
     return _JobSpec(paths, output, force, _flag(request, "mesh_updates"), settings)
 

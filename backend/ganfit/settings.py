@@ -86,7 +86,17 @@ OPTIONS: dict[str, NumberOption] = {
 }
 
 #: Options that are not numbers, and the request-only fields that are not options.
-OTHER_OPTIONS = ("device", "clean_texture", "texture_model", "loss_weights")
+OTHER_OPTIONS = ("device", "clean_texture", "texture_model", "loss_weights", "mode", "regressor")
+
+#: What each mode leaves out (paper 4): fast runs no optimisation at all; GANFit++ starts the
+#: full-objective fit from the regression network, so the landmark and lighting stages go.
+UNUSED_BY_MODE = {
+    "fast": ("steps", "lr", "lighting_steps", "fit_steps", "fit_lr", "texture_refine_steps", "loss_weights"),
+    "ganfit++": ("steps", "lr", "lighting_steps"),
+}
+#: GANFit++'s full-objective steps when not given: a third of GANFit's 60 joint steps
+#: (docs/regressor.md, "GANFit++ convergence", measured it reaching GANFit's final objective).
+GANFIT_PLUS_FIT_STEPS = 20
 
 
 def option_name(key: str, source: Source) -> str:
@@ -210,8 +220,41 @@ def build_settings(options: Any, source: Source) -> FitSettings:
     if settings.joint.texture_refine_steps and not with_model:
         raise GanfitError(f"{option_name('texture_refine_steps', source)}: refines a texture model's map; "
                           f"give {option_name('texture_model', source)} too, or drop it")
+    settings = _mode(settings, options, source)
     if with_model:
         settings = replace(settings, texture_model=_texture_model_file(str(texture_model), source))
+    return settings
+
+
+def _mode(settings: FitSettings, options: dict[str, Any], source: Source) -> FitSettings:
+    """The reconstruction mode (``--mode``, the request's ``mode``) and the regressor's weights;
+    an option the mode does not use is refused rather than silently ignored."""
+    from .protocol import MODES
+
+    name = "--mode" if source == "cli" else "'mode'"
+    mode = options["mode"] if "mode" in options else settings.mode
+    if not isinstance(mode, str) or mode not in MODES:
+        raise GanfitError(f"{name} {_quote(mode, source)}: unknown mode; use {', '.join(MODES)}")
+    unused = [key for key in UNUSED_BY_MODE.get(mode, ()) if options.get(key) is not None]
+    if unused:
+        why = ("runs no optimisation" if mode == "fast"
+               else "starts from the regression network and skips the landmark and lighting stages")
+        raise GanfitError(f"{option_name(unused[0], source)}: not used by mode {mode}, which {why}; "
+                          f"drop it or use {name} ganfit")
+    settings = replace(settings, mode=mode)
+    if mode == "ganfit++" and options.get("fit_steps") is None:
+        settings = _set(settings, "joint.steps", GANFIT_PLUS_FIT_STEPS)
+    regressor = options.get("regressor")
+    if regressor is not None:
+        from pathlib import Path
+
+        if not isinstance(regressor, str) or not regressor or "\0" in regressor or not Path(regressor).is_file():
+            raise GanfitError(f"{option_name('regressor', source)} {_quote(regressor, source)}: file not found; "
+                              "give the path of regressor weights (.npz), or leave it out for the shipped ones")
+        if mode == "ganfit":
+            raise GanfitError(f"{option_name('regressor', source)}: only used by modes fast and ganfit++; "
+                              f"add {name} fast or drop it")
+        settings = replace(settings, regressor=regressor)
     return settings
 
 

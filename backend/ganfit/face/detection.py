@@ -46,6 +46,7 @@ import numpy as np
 
 from ganfit.errors import InputImageError, ModelDataError, NoFaceError
 from ganfit.io.images import Photo
+from ganfit.timing import Timings
 
 __all__ = [
     "FACE_OUTLINE",
@@ -387,8 +388,10 @@ def default_detector() -> FaceDetector:
     return FaceDetector()
 
 
-def find_face(photo: Photo, face_index: int | None = None, detector: FaceDetector | None = None) -> DetectedFace:
-    """Detect the faces in ``photo``, choose one, and place its 68 landmarks.
+def find_face(photo: Photo, face_index: int | None = None, detector: FaceDetector | None = None,
+              timings: "Timings | None" = None) -> DetectedFace:
+    """Detect the faces in ``photo``, choose one, and place its 68 landmarks (``timings``, when
+    given, gains the seconds of "detection" and "landmarks").
 
     ``face_index`` picks among faces ordered by size (0 = largest); ``None`` takes the largest
     and warns when there are several. Raises ``NoFaceError`` when there is no face and
@@ -396,7 +399,9 @@ def find_face(photo: Photo, face_index: int | None = None, detector: FaceDetecto
     """
     detector = detector or default_detector()
     name = photo.name
-    boxes = detector.detect(photo.pixels)
+    timings = Timings() if timings is None else timings
+    with timings.timed("detection"):
+        boxes = detector.detect(photo.pixels)
     count = len(boxes)
     if count == 0:
         raise NoFaceError(f"{name}: no face found; use a photo with a clearly visible face, front or three-quarter view")
@@ -418,7 +423,8 @@ def find_face(photo: Photo, face_index: int | None = None, detector: FaceDetecto
             )
 
     box = boxes[index]
-    landmarks = detector.landmarks(photo.pixels, box)
+    with timings.timed("landmarks"):
+        landmarks = detector.landmarks(photo.pixels, box)
     interocular = interocular_distance(landmarks)
     if min(box.width, box.height) < MIN_FACE_BOX_PX or interocular < MIN_INTEROCULAR_PX:
         raise InputImageError(

@@ -25,9 +25,11 @@ from ..models.shape_model import ShapeModel, load_default_shape_model
 
 if TYPE_CHECKING:
     from ..face.identity import IdentityNetwork
+    from ..regress.encoder import RegressionEncoder
     from ..texture.model import TextureModel
 from ..render import MeshRenderer
 from ..threads import apply_threads
+from ..timing import Timings
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
 from .appearance_stage import FaceCrop, fit_lighting
@@ -101,6 +103,18 @@ class Reconstructor:
         self._identity = identity
         self._mirror: torch.Tensor | None = None
         self._texture_models: dict[str, "TextureModel"] = {}
+        self._regressor: "RegressionEncoder | None" = None
+        #: Seconds per stage of the last reconstruction (detection, landmarks, identity network,
+        #: regression, landmark fit, lighting, fitting, texture): the speed benchmarks read it.
+        self.timings = Timings()
+
+    def regressor(self) -> "RegressionEncoder":
+        """The regression network of paper 4 (modes fast and ganfit++), loaded on first use."""
+        if self._regressor is None:
+            from ..regress.weights import load_regressor
+
+            self._regressor = load_regressor(self.model, self.settings.regressor, self.device)
+        return self._regressor
 
     def texture_model(self) -> "TextureModel | None":
         """The settings' texture model (loaded once per file), or None for the projected photo."""
@@ -140,7 +154,7 @@ class Reconstructor:
     def _detect(self, photos: list[Photo], progress: ProgressFn) -> list[DetectedFace]:
         faces = []
         for i, photo in enumerate(photos):
-            faces.append(find_face(photo, self.settings.face_index, self.detector))
+            faces.append(find_face(photo, self.settings.face_index, self.detector, self.timings))
             progress(ProgressEvent("detect", i + 1, len(photos)))
         return faces
 
@@ -169,62 +183,67 @@ class Reconstructor:
         torch.manual_seed(settings.seed)
         dev, dt = self.device, self.dtype
         app, joint = settings.appearance, settings.joint
+        self.timings = timings = Timings()
         faces = self._detect(photos, progress)
-        stage1 = self._landmark_fit(photos, faces, progress)
         count = len(photos)
-        identity = stage1.identity[:1]
-        expression = stage1.expression
-        id_std = self.model.identity_std.to(dt)
         pixels = [torch.from_numpy(np.array(p.pixels)).to(dev).permute(2, 0, 1).to(dt) / 255.0 for p in photos]
+        regressed = settings.mode != "ganfit"
+        # Fast mode runs no fit; GANFit++ starts the full objective from the regression (paper 4).
+        use_identity = joint.steps > 0 and settings.mode != "fast"
 
         # Windows around each face (the identity network's chip plus the face outline): the
-        # lighting fit, the pixel loss and the renders of the objective all use them.
-        use_identity = joint.steps > 0
-        targets = [
-            prepare_target(px, f.landmarks, self.identity_network, joint.render_size, with_features=use_identity)
-            for px, f in zip(pixels, faces)
-        ]
-
-        # Light per photo against a constant albedo, then the photos projected into one texture.
+        # encoder, the lighting fit, the pixel loss and the renders of the objective all use them.
+        with timings.timed("identity network"):
+            targets = [
+                prepare_target(px, f.landmarks, self.identity_network, joint.render_size,
+                               with_features=use_identity or regressed)
+                for px, f in zip(pixels, faces)
+            ]
+        losses: dict[str, list[float]] = {}
+        if regressed:
+            with timings.timed("regression"):
+                pose, identity, expression, light = self._regress(photos, targets)
+            progress(ProgressEvent("regress", 1, 1))
+        else:
+            with timings.timed("landmark fit"):
+                stage1 = self._landmark_fit(photos, faces, progress)
+            pose, identity, expression = stage1.pose, stage1.identity[:1], stage1.expression
+            with timings.timed("lighting"):
+                light, lighting_losses = self._fit_lights(photos, targets, pose, identity, expression, progress)
+            losses = {"landmarks": stage1.losses, "lighting": lighting_losses}
+        id_std = self.model.identity_std.to(dt)
         vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression).detach()
-        camera = stage1.pose.camera()
-        lights = []
-        lighting_losses: list[float] = []
-        for i, (photo, target) in enumerate(zip(photos, targets)):
-            crop = FaceCrop(window=target.window, image=target.image, region=target.region)
-            lit = fit_lighting(self.renderer, vertices[i : i + 1], camera.view(i), photo.size, crop, app, progress)
-            lights.append(lit.light)
-            lighting_losses += lit.losses if i == 0 else []
-        light = _cat_lights(lights)
+        camera = pose.camera()
         texture_model = self.texture_model()
         # A texture model starts from its code closest to the photo projected into UV where it
         # can project (PCA: least squares; GAN: a short inversion -- paper 3.4 starts the GAN from
         # its mean latent, which 60 joint steps could not move to the photo's colouring), else
         # from its mean.
+        # Without a texture model the projection is the fit's fixed texture, so a fit-less mode skips it.
         project = getattr(texture_model, "project", None)
         latent = None
-        if texture_model is None or callable(project):
-            size = texture_model.resolution if texture_model is not None else min(app.texture_size, 1024)
-            texture_image = self._texture(pixels, vertices, camera, light, size=size).image[None]
-        if texture_model is not None:
-            with torch.no_grad():
-                latent = project(texture_image) if callable(project) else texture_model.initial_latent(1)
-                texture_image = texture_model.decode(latent)
+        with timings.timed("texture"):
+            if (texture_model is None and use_identity) or callable(project):
+                size = texture_model.resolution if texture_model is not None else min(app.texture_size, 1024)
+                texture_image = self._texture(pixels, vertices, camera, light, size=size).image[None]
+            if texture_model is not None:
+                with torch.no_grad():
+                    latent = project(texture_image) if callable(project) else texture_model.initial_latent(1)
+                    texture_image = texture_model.decode(latent)
 
-        pose = stage1.pose
-        losses: dict[str, list[float]] = {"landmarks": stage1.losses, "lighting": lighting_losses}
         if use_identity:
-            fit = fit_joint(
-                self.model, self.renderer, self.identity_network, targets, pose, identity, expression, light,
-                texture_image, joint, progress, seed=settings.seed,
-                texture_model=texture_model, texture_latent=latent,
-            )
-            pose, identity, expression, light = fit.pose, fit.identity, fit.expression, fit.light
-            latent = fit.texture_latent if fit.texture_latent is not None else latent
-            losses.update({f"joint_{k}": v for k, v in fit.losses.items()})
+            with timings.timed("fitting"):
+                fit = fit_joint(
+                    self.model, self.renderer, self.identity_network, targets, pose, identity, expression, light,
+                    texture_image, joint, progress, seed=settings.seed,
+                    texture_model=texture_model, texture_latent=latent,
+                )
+                pose, identity, expression, light = fit.pose, fit.identity, fit.expression, fit.light
+                latent = fit.texture_latent if fit.texture_latent is not None else latent
+                losses.update({f"joint_{k}": v for k, v in fit.losses.items()})
 
         progress(ProgressEvent("texture", 1, 2))
-        with torch.no_grad():
+        with torch.no_grad(), timings.timed("texture"):
             vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression)
             neutral = self.model.vertices(identity * id_std, torch.zeros_like(expression[:1]))
             camera = pose.camera()
@@ -290,12 +309,44 @@ class Reconstructor:
                 "face": faces[0].index,
                 "faces_found": faces[0].num_faces,
                 "focal_source": "exif" if photos[0].focal_35mm is not None else "default",
-                "identity_network": self.identity_network.name if use_identity else None,
+                "identity_network": self.identity_network.name if use_identity or regressed else None,
+                **({"regressor": self._regressor_name()} if regressed else {}),
             },
             views=views if count > 1 else [],
         )
         log.info("%s: reconstructed in %.1f s", ", ".join(p.name for p in photos), time.perf_counter() - started)
         return result
+
+    def _fit_lights(self, photos: list[Photo], targets: list, pose, identity: torch.Tensor,
+                    expression: torch.Tensor, progress: ProgressFn) -> tuple[PointLight, list[float]]:
+        """Paper 3.4's lighting initialisation: each photo's light against a constant albedo."""
+        vertices = self.model.vertices(identity.expand(len(photos), -1) * self.model.identity_std.to(self.dtype),
+                                       expression).detach()
+        camera = pose.camera()
+        lights, losses = [], []
+        for i, (photo, target) in enumerate(zip(photos, targets)):
+            crop = FaceCrop(window=target.window, image=target.image, region=target.region)
+            lit = fit_lighting(self.renderer, vertices[i : i + 1], camera.view(i), photo.size, crop,
+                               self.settings.appearance, progress)
+            lights.append(lit.light)
+            losses += lit.losses if i == 0 else []
+        return _cat_lights(lights), losses
+
+    @torch.no_grad()
+    def _regress(self, photos: list[Photo], targets: list) -> tuple:
+        """Paper 4: the regression network's pose, identity, expression and light for each photo
+        in one forward pass; photos of one person share the mean of their identities (eq. 14)."""
+        from ..regress.encoder import inputs_from_targets
+
+        focal = torch.tensor([photo_focal(p, self.settings.landmark.default_focal) for p in photos],
+                             dtype=self.dtype, device=self.device)
+        params = self.regressor()(inputs_from_targets(targets, focal)).params
+        return params.pose.detach(), params.identity.mean(0, keepdim=True), params.expression, params.point_light()
+
+    def _regressor_name(self) -> str:
+        from ..regress.weights import SHIPPED_REGRESSOR
+
+        return str(self.settings.regressor or SHIPPED_REGRESSOR.name)
 
     def _texture(
         self, pixels: list[torch.Tensor], vertices: torch.Tensor, camera: Camera, light: PointLight, size: int,

@@ -97,6 +97,10 @@ class FitSettings:
     # decoded latent, fitted in stage 2 (paper eq. 6). None: the photo projected into UV.
     texture_model: str | None = None
     max_photo_side: int = 2048
+    # Paper 4: "ganfit" optimises (3.4); "fast" takes the regression network's one forward pass;
+    # "ganfit++" starts the full-objective fit from it, skipping the landmark and lighting stages.
+    mode: str = "ganfit"
+    regressor: str | None = None  # the regression network's weights (None: the shipped ones)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

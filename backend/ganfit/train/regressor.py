@@ -563,14 +563,72 @@ def register(subparsers: Any, name: str = "train-regressor") -> argparse.Argumen
     add("--texture-model", default=None, help="texture model file: the encoder also predicts its latent")
     add("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--export", default=None, metavar="NPZ",
+        help="instead of training: write --out's latest checkpoint as regressor weights NPZ and their provenance "
+             "NPZ with .json (what --regressor and the shipped weights read)")
+    add("--figures", default=None, metavar="JSON",
+        help="with --export: a JSON file of measured figures to record in the provenance")
     add("-v", "--verbose", action="store_true")
     parser.set_defaults(func=run)
     return parser
 
 
+def export_run(out: Path, target: Path, figures: dict[str, Any] | None = None) -> Path:
+    """A run's latest checkpoint as shipped-format weights (``regress.weights``) with provenance:
+    data and licence, configuration, steps, hardware and wall-clock time, and ``figures``."""
+    import platform
+
+    from ..models.shape_model import load_default_shape_model
+    from ..regress.weights import LICENCE, save_regressor
+
+    found = _checkpoints(out)
+    if not found:
+        raise GanfitError(f"{out}: no checkpoint to export; train first (ganfit train-regressor --out {out})")
+    state = load_checkpoint(found[-1])
+    config = json.loads(state["config"])
+    model = load_default_shape_model()
+    encoder = RegressionEncoder(model, EncoderConfig.from_dict(state["encoder_config"]))
+    encoder.load_state_dict(state["encoder"])
+    started = (out / "config.json").stat().st_mtime if (out / "config.json").is_file() else None
+    step = int(state["step"])
+    provenance = {
+        "model": "Fast-GANFit regression encoder (paper 4, Fig. 3), ganfit.regress.RegressionEncoder",
+        "parameters": encoder.num_parameters(),
+        "data": {"folder": config.get("data"), "licence": LICENCE,
+                 "split": f"photos whose name hash is below held_out={config.get('held_out')} and the identity "
+                          "benchmark's 20 photos are held out (ganfit.texture.dataset.held_out), never trained on",
+                 "limit": config.get("limit") or "all"},
+        "licence_note": f"Weights trained on this data inherit its terms: {LICENCE}",
+        "steps": {"total": step, "stage1": min(step, int(config.get("stage1_steps", 0))),
+                  "stage2": max(0, step - int(config.get("stage1_steps", 0)))},
+        "training_config": config,
+        "encoder_config": state["encoder_config"],
+        "hardware": {"device": config.get("device"), "cpu": platform.processor() or platform.machine(),
+                     "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "wall_clock_hours": None if started is None else round((found[-1].stat().st_mtime - started) / 3600, 2),
+        "wall_clock_note": "from the run's config.json to its last checkpoint, feature cache included",
+        "checkpoint": found[-1].name,
+        "shape_model": model.name,
+    }
+    if figures:
+        provenance["figures"] = figures
+    save_regressor(encoder, model, target, provenance)
+    return target
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.export:
+        figures = None
+        if args.figures:
+            try:
+                figures = json.loads(Path(args.figures).read_text())
+            except (OSError, ValueError) as exc:
+                raise GanfitError(f"--figures {args.figures}: not a readable JSON file ({exc})") from None
+        target = export_run(Path(args.out), Path(args.export), figures)
+        print(f"wrote {target} and {target.with_suffix('.json').name}")
+        return 0
     config = RegressorTrainConfig(
         out=args.out, data=args.data, cache=args.cache, limit=args.limit, held_out=args.held_out,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch=args.batch,
