@@ -12,9 +12,10 @@ from __future__ import annotations
 PROTOCOL_VERSION = 1
 
 #: Reconstruction modes (paper section 4): "ganfit" optimises, "fast" is the regression
-#: network's one forward pass, "ganfit++" starts the fit from it. The default is
-#: ``FitSettings.mode`` (docs/regressor.md says which and why).
+#: network's one forward pass, "ganfit++" starts the fit from it.
 MODES = ("ganfit", "fast", "ganfit++")
+#: The mode used when a request or command names none (docs/regressor.md: chosen by measurement).
+DEFAULT_MODE = "ganfit"
 #: One line per mode, for menus and help.
 MODE_HELP = {
     "ganfit": "GANFit: fitting by optimisation (paper 3), the slowest",
