@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -31,13 +32,16 @@ from ..render import MeshRenderer
 from ..threads import apply_threads
 from ..timing import Timings
 from ..face.dlib_identity import DlibIdentity
-from ..render import Camera, PointLight
+from ..render import Camera, Fragments, PointLight
+
 from .appearance_stage import FaceCrop, fit_lighting
-from .joint_stage import fit_joint, prepare_target, refine_texture
+from .joint_stage import PhotoTarget, fit_joint, prepare_target, refine_texture
 from .landmark_stage import LandmarkFit, fit_landmarks
+from .pose import HeadPose
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
-from .texture_projection import UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv, skin_outline
+from .texture_projection import (UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv, skin_outline,
+                                 uv_fragments)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,7 @@ class Reconstructor:
         self._mirror: torch.Tensor | None = None
         self._texture_models: dict[str, "TextureModel"] = {}
         self._regressor: "RegressionEncoder | None" = None
+        self._texels: dict[int, Fragments] = {}
         #: Seconds per stage of the last reconstruction (detection, landmarks, identity network,
         #: regression, landmark fit, lighting, fitting, texture): the speed benchmarks read it.
         self.timings = Timings()
@@ -178,39 +183,86 @@ class Reconstructor:
         first photo's, ``views`` holds every photo's."""
         if not photos:
             raise GanfitError("no photos given; pass at least one photo file")
-        settings = self.settings
         started = time.perf_counter()
-        torch.manual_seed(settings.seed)
-        dev, dt = self.device, self.dtype
-        app, joint = settings.appearance, settings.joint
-        self.timings = timings = Timings()
-        faces = self._detect(photos, progress)
-        count = len(photos)
-        pixels = [torch.from_numpy(np.array(p.pixels)).to(dev).permute(2, 0, 1).to(dt) / 255.0 for p in photos]
-        regressed = settings.mode != "ganfit"
-        # Fast mode runs no fit; GANFit++ starts the full objective from the regression (paper 4).
-        use_identity = joint.steps > 0 and settings.mode != "fast"
+        torch.manual_seed(self.settings.seed)
+        self.timings = Timings()
+        prepared = self._prepare(photos, progress)
+        if self.settings.mode == "ganfit":
+            start = self._optimised_start(prepared, progress)
+        else:
+            start = self._regress([prepared])[0]
+            progress(ProgressEvent("regress", 1, 1))
+        result = self._complete(prepared, start, progress)
+        log.info("%s: reconstructed in %.1f s", ", ".join(p.name for p in photos), time.perf_counter() - started)
+        return result
 
-        # Windows around each face (the identity network's chip plus the face outline): the
-        # encoder, the lighting fit, the pixel loss and the renders of the objective all use them.
-        with timings.timed("identity network"):
+    def reconstruct_each(self, photos: list[Photo], progress: Callable[[int], ProgressFn] = lambda i: no_progress,
+                         ) -> list["Reconstruction | GanfitError"]:
+        """Fast mode over many photos, each its own person (``reconstruct --each``): the regression
+        network runs once on the whole batch. A photo that fails gives its error in its place."""
+        if self.settings.mode != "fast":
+            raise GanfitError("reconstruct_each batches the regression network: use it in mode fast")
+        torch.manual_seed(self.settings.seed)
+        self.timings = Timings()
+        ready: list[tuple[int, _Prepared]] = []
+        results: list["Reconstruction | GanfitError"] = []
+        for i, photo in enumerate(photos):
+            try:
+                ready.append((i, self._prepare([photo], progress(i))))
+                results.append(GanfitError("not reconstructed"))
+            except GanfitError as exc:
+                results.append(exc)
+        starts = self._regress([prepared for _, prepared in ready]) if ready else []
+        for (i, prepared), start in zip(ready, starts):
+            progress(i)(ProgressEvent("regress", 1, 1))
+            try:
+                results[i] = self._complete(prepared, start, progress(i))
+            except GanfitError as exc:
+                results[i] = exc
+        return results
+
+    def _prepare(self, photos: list[Photo], progress: ProgressFn) -> "_Prepared":
+        """Detection, landmarks, and each photo's target: the window around the face (the identity
+        network's chip plus the face outline) that the encoder, the lighting fit, the pixel loss
+        and the objective's renders use, with its identity features when something needs them."""
+        dev, dt = self.device, self.dtype
+        faces = self._detect(photos, progress)
+        pixels = [torch.from_numpy(np.array(p.pixels)).to(dev).permute(2, 0, 1).to(dt) / 255.0 for p in photos]
+        with self.timings.timed("identity network"):
             targets = [
-                prepare_target(px, f.landmarks, self.identity_network, joint.render_size,
-                               with_features=use_identity or regressed)
+                prepare_target(px, f.landmarks, self.identity_network, self.settings.joint.render_size,
+                               with_features=self._fits() or self.settings.mode != "ganfit")
                 for px, f in zip(pixels, faces)
             ]
-        losses: dict[str, list[float]] = {}
-        if regressed:
-            with timings.timed("regression"):
-                pose, identity, expression, light = self._regress(photos, targets)
-            progress(ProgressEvent("regress", 1, 1))
-        else:
-            with timings.timed("landmark fit"):
-                stage1 = self._landmark_fit(photos, faces, progress)
-            pose, identity, expression = stage1.pose, stage1.identity[:1], stage1.expression
-            with timings.timed("lighting"):
-                light, lighting_losses = self._fit_lights(photos, targets, pose, identity, expression, progress)
-            losses = {"landmarks": stage1.losses, "lighting": lighting_losses}
+        return _Prepared(photos, faces, pixels, targets)
+
+    def _fits(self) -> bool:
+        """Whether the full objective is optimised: fast mode runs no fit (paper 4)."""
+        return self.settings.joint.steps > 0 and self.settings.mode != "fast"
+
+    def _optimised_start(self, prepared: "_Prepared", progress: ProgressFn) -> "_Start":
+        """GANFit's start (paper 3.4): stage 1 on the landmarks, then each photo's light."""
+        photos = prepared.photos
+        with self.timings.timed("landmark fit"):
+            stage1 = self._landmark_fit(photos, prepared.faces, progress)
+        pose, identity, expression = stage1.pose, stage1.identity[:1], stage1.expression
+        with self.timings.timed("lighting"):
+            light, lighting_losses = self._fit_lights(photos, prepared.targets, pose, identity, expression, progress)
+        return _Start(pose, identity, expression, light, {"landmarks": stage1.losses, "lighting": lighting_losses})
+
+    def _complete(self, prepared: "_Prepared", start: "_Start", progress: ProgressFn) -> Reconstruction:
+        """From a start (fitted or regressed): the texture, the full-objective fit unless the
+        mode skips it, and the result."""
+        settings = self.settings
+        dev, dt = self.device, self.dtype
+        app, joint = settings.appearance, settings.joint
+        timings = self.timings
+        photos, faces, pixels, targets = prepared.photos, prepared.faces, prepared.pixels, prepared.targets
+        count = len(photos)
+        regressed = settings.mode != "ganfit"
+        use_identity = self._fits()
+        pose, identity, expression, light = start.pose, start.identity, start.expression, start.light
+        losses = dict(start.losses)
         id_std = self.model.identity_std.to(dt)
         vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression).detach()
         camera = pose.camera()
@@ -314,7 +366,6 @@ class Reconstructor:
             },
             views=views if count > 1 else [],
         )
-        log.info("%s: reconstructed in %.1f s", ", ".join(p.name for p in photos), time.perf_counter() - started)
         return result
 
     def _fit_lights(self, photos: list[Photo], targets: list, pose, identity: torch.Tensor,
@@ -333,15 +384,34 @@ class Reconstructor:
         return _cat_lights(lights), losses
 
     @torch.no_grad()
-    def _regress(self, photos: list[Photo], targets: list) -> tuple:
-        """Paper 4: the regression network's pose, identity, expression and light for each photo
-        in one forward pass; photos of one person share the mean of their identities (eq. 14)."""
+    def _regress(self, people: list["_Prepared"]) -> list["_Start"]:
+        """Paper 4: the regression network's pose, identity, expression and light for every photo
+        of every person in one forward pass; one person's photos share the mean of their
+        identities (eq. 14)."""
         from ..regress.encoder import inputs_from_targets
 
-        focal = torch.tensor([photo_focal(p, self.settings.landmark.default_focal) for p in photos],
-                             dtype=self.dtype, device=self.device)
-        params = self.regressor()(inputs_from_targets(targets, focal)).params
-        return params.pose.detach(), params.identity.mean(0, keepdim=True), params.expression, params.point_light()
+        with self.timings.timed("regression"):
+            photos = [photo for person in people for photo in person.photos]
+            focal = torch.tensor([photo_focal(p, self.settings.landmark.default_focal) for p in photos],
+                                 dtype=self.dtype, device=self.device)
+            targets = [target for person in people for target in person.targets]
+            params = self.regressor()(inputs_from_targets(targets, focal)).params
+            starts, first = [], 0
+            for person in people:
+                picked = [params.row(b) for b in range(first, first + len(person.photos))]
+                first += len(person.photos)
+                pose = HeadPose(*(torch.cat([getattr(p.pose, k) for p in picked])
+                                  for k in ("rotation", "offset", "log_depth", "focal")))
+                light = _cat_lights([p.point_light() for p in picked])
+                identity = torch.cat([p.identity for p in picked]).mean(0, keepdim=True)
+                starts.append(_Start(pose, identity, torch.cat([p.expression for p in picked]), light, {}))
+        return starts
+
+    def _uv_texels(self, size: int) -> Fragments:
+        """The UV layout rasterised at ``size`` (the same for every photo), kept for reuse."""
+        if size not in self._texels:
+            self._texels[size] = uv_fragments(self.model.uvs, self.model.uv_faces, size)
+        return self._texels[size]
 
     def _regressor_name(self) -> str:
         from ..regress.weights import SHIPPED_REGRESSOR
@@ -359,6 +429,7 @@ class Reconstructor:
                 px, vertices[i], self.model.faces, self.model.uvs, self.model.uv_faces,
                 camera.view(i), self.mirror_index, size, light.view(i),
                 outline=None if outlines is None else torch.as_tensor(outlines[i], dtype=px.dtype, device=px.device),
+                texels=self._uv_texels(size),
             )
             for i, px in enumerate(pixels)
         ]
@@ -405,3 +476,23 @@ def _landmark_errors(model: ShapeModel, vertices: torch.Tensor, camera: Camera, 
         projected = camera.view(i).project(points, width, height)[0, :, :2].cpu().numpy()
         errors.append(float(np.linalg.norm(projected - face.landmarks, axis=-1).mean() / face.interocular))
     return errors
+
+@dataclass
+class _Prepared:
+    """One person's photos with their faces, pixels (3, H, W) and objective targets."""
+
+    photos: list[Photo]
+    faces: list[DetectedFace]
+    pixels: list[torch.Tensor]
+    targets: list[PhotoTarget]
+
+
+@dataclass
+class _Start:
+    """Where the full objective starts: fitted (GANFit) or regressed (Fast-GANFit, GANFit++)."""
+
+    pose: HeadPose
+    identity: torch.Tensor  # (1, Ki) in prior stds, shared by the person's photos
+    expression: torch.Tensor  # (B, Ke)
+    light: PointLight
+    losses: dict[str, list[float]]

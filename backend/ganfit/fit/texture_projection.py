@@ -190,18 +190,21 @@ def project_photo_to_uv(
     size: int = 512,
     light: PointLight | None = None,
     outline: Tensor | None = None,
+    texels: Fragments | None = None,
 ) -> UVTexture:
     """Project photo (3, H, W) onto the mesh (V, 3) seen by ``camera`` (batch 1) into UV space.
 
     With ``light``, the fitted shading is divided out, giving an albedo estimate. With
     ``outline`` (K, 2), the face's outline in photo pixels, texels seen outside it keep the photo
-    only where it looks like the skin inside it (see the module docstring).
+    only where it looks like the skin inside it (see the module docstring). ``texels``: this
+    size's ``uv_fragments``, which depend on the mesh's UV layout only, so a caller projecting
+    many photos computes them once.
     """
     _, h, w = photo.shape
     frags = rasterize(camera.project(vertices[None], w, h), faces, h, w, cull_backfaces=True)
     depth_map = frags.scatter(frags.depth[:, None])[0, 0]
 
-    texels = uv_fragments(uvs, uv_faces, size)
+    texels = uv_fragments(uvs, uv_faces, size) if texels is None else texels
     normals = vertex_normals(vertices[None], faces)[0]
     own_p = interpolate(texels, vertices[None], faces)
     own_n = interpolate(texels, normals[None], faces)

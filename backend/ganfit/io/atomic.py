@@ -579,8 +579,9 @@ def atomic_file(target: Path | str, *, force: bool = False) -> Iterator[Path]:
             _remove_empty(created_parents)
 
 
-def write_npz(file: Path | BinaryIO, arrays: Mapping[str, Any], compressed: bool = True) -> None:
-    """Write ``arrays`` as an ``.npz`` that ``numpy.load`` reads (no pickles).
+def write_npz(file: Path | BinaryIO, arrays: Mapping[str, Any], compressed: bool = True, level: int | None = None) -> None:
+    """Write ``arrays`` as an ``.npz`` that ``numpy.load`` reads (no pickles); ``level``: the
+    zlib level when compressed (None: zlib's default, as ``np.savez_compressed``).
 
     ``np.savez`` leaves its zip file open when a write fails (a full disk), and the zip's
     ``__del__`` later fails again and prints a second traceback; here every file is closed
@@ -591,7 +592,7 @@ def write_npz(file: Path | BinaryIO, arrays: Mapping[str, Any], compressed: bool
     method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
     with contextlib.ExitStack() as stack:
         handle = file if not isinstance(file, (str, Path)) else stack.enter_context(open(file, "wb"))
-        archive = stack.enter_context(zipfile.ZipFile(handle, "w", compression=method))
+        archive = stack.enter_context(zipfile.ZipFile(handle, "w", compression=method, compresslevel=level))
         for name, value in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)

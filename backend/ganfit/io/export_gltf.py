@@ -75,9 +75,11 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     vertices = np.asarray(vertices, dtype=np.float64)
     corners = vertices[faces]
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
+    # Each face's normal summed into its three corners: bincount is ~4x faster than np.add.at,
+    # which matters because the export computes normals once per expression (52 times).
+    keys = np.asarray(faces).reshape(-1)
+    normals = np.stack([np.bincount(keys, weights=np.repeat(face_normals[:, axis], 3), minlength=len(vertices))
+                        for axis in range(3)], -1)
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     return np.where(length > 0, normals / np.where(length > 0, length, 1.0), [0.0, 0.0, 1.0])
 
@@ -166,9 +168,11 @@ def _glb_bytes(document: dict[str, Any], binary: bytes) -> bytes:
 
 
 def glb_document(
-    result: Reconstruction, *, morph_normals: bool = True
+    result: Reconstruction, *, morph_normals: bool = True, texture_png: bytes | None = None
 ) -> tuple[dict[str, Any], bytes]:
-    """The glTF JSON document and BIN chunk for ``result`` (separate so tests can inspect)."""
+    """The glTF JSON document and BIN chunk for ``result`` (separate so tests can inspect);
+    ``texture_png``: the texture already encoded (the result folder's texture.png), so it is
+    not compressed twice."""
     vertex_index, uv_index, faces = split_uv_seams(result.faces, result.uv_faces)
     neutral_normals = vertex_normals(result.neutral_vertices, result.faces)
     builder = _BinaryBuilder()
@@ -201,7 +205,7 @@ def glb_document(
             )
         targets.append(target)
 
-    image_view = builder.view(encode_png(result.texture))
+    image_view = builder.view(texture_png if texture_png is not None else encode_png(result.texture))
 
     primitive: dict[str, Any] = {
         "attributes": attributes,
@@ -305,13 +309,14 @@ def glb_document(
 
 
 def export_glb(
-    result: Reconstruction, path: Path | str, *, force: bool = False, morph_normals: bool = True
+    result: Reconstruction, path: Path | str, *, force: bool = False, morph_normals: bool = True,
+    texture_png: bytes | None = None,
 ) -> Path:
     """Write ``result`` as a self-contained .glb at ``path`` (atomically); return ``path``."""
     path = Path(path)
     if path.suffix.lower() != ".glb":
         raise OutputError(f"{path}: a glTF binary export needs a name ending in .glb")
-    document, binary = glb_document(result, morph_normals=morph_normals)
+    document, binary = glb_document(result, morph_normals=morph_normals, texture_png=texture_png)
     payload = _glb_bytes(document, binary)
     with atomic_file(path, force=force) as tmp:
         tmp.write_bytes(payload)

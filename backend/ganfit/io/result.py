@@ -346,18 +346,28 @@ class Reconstruction:
 # --- PNG ------------------------------------------------------------------------------------
 
 
+#: zlib level of the PNGs a result holds. 1 rather than Pillow's 6: a 512 px texture encodes in
+#: 0.04 s instead of 0.11 s for 172 KB instead of 137 KB (measured), and fast mode's whole
+#: reconstruction is meant to take 0.2 s.
+PNG_COMPRESS_LEVEL = 1
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an (H, W, 3) uint8 RGB image (glTF embeds these)."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
-def write_png(image: np.ndarray, path: Path) -> None:
-    """Write an (H, W, 3) uint8 RGB image as PNG (the one PNG writer, so tests can fail it)."""
-    Path(path).write_bytes(encode_png(image))
+def write_png(image: np.ndarray, path: Path) -> bytes:
+    """Write an (H, W, 3) uint8 RGB image as PNG (the one PNG writer, so tests can fail it);
+    returns the bytes written."""
+    data = encode_png(image)
+    Path(path).write_bytes(data)
+    return data
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -576,8 +586,9 @@ def write_result(
 
     with atomic_directory(out_dir, force=force, replaceable=_check_replaceable) as tmp:
         files: dict[str, str] = {"mesh": MESH_NPZ, "texture": TEXTURE_PNG}
-        write_npz(tmp / MESH_NPZ, {name: getattr(result, name) for name in _NPZ_ARRAYS})
-        write_png(result.texture, tmp / TEXTURE_PNG)
+        # zlib level 1: 0.04 s instead of 0.09 s for the expression basis, 208 KB instead of 154 KB.
+        write_npz(tmp / MESH_NPZ, {name: getattr(result, name) for name in _NPZ_ARRAYS}, level=1)
+        texture_png = write_png(result.texture, tmp / TEXTURE_PNG)
         if result.preview is not None:
             write_png(result.preview, tmp / PREVIEW_PNG)
             files["preview"] = PREVIEW_PNG
@@ -586,7 +597,7 @@ def write_result(
             from ganfit.io.export_obj import export_obj
 
             export_obj(result, tmp / OBJ_FILE, texture_name=TEXTURE_PNG, write_texture=False)
-            export_glb(result, tmp / GLB_FILE)
+            export_glb(result, tmp / GLB_FILE, texture_png=texture_png)
             files.update({"obj": OBJ_FILE, "mtl": MTL_FILE, "glb": GLB_FILE})
         document = _to_document(result, files, created)
         text = _dumps(document)
