@@ -1,5 +1,6 @@
 """**Reconstruct face**: run the engine (``python -m ganfit serve``, a child process) on a photo
-and import its result.
+and import its result, in the mode the panel's Mode menu picks (GANFit, Fast-GANFit or GANFit++,
+``modes``); the result folder and its import are the same for all three.
 
 Invoked from the UI the operator is modal: a 0.1 s timer reads the engine's events, the
 panel's progress bar, the window's progress cursor and the header show stage and step, Esc or
@@ -30,7 +31,7 @@ import bpy
 import bpy.utils.previews
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
 
-from . import result_reader, result_storage, scene_import
+from . import modes, result_reader, result_storage, scene_import
 from .seam import protocol
 from .engine_client import EngineClient, EngineError
 from .live_preview import LivePreview, PreviewError
@@ -40,14 +41,6 @@ if TYPE_CHECKING:
     from bpy.stub_internal.rna_enums import OperatorReturnItems
 
 log = logging.getLogger(__name__)
-
-#: Engine options per quality preset ("DEFAULT": the engine's own defaults: 300 landmark steps,
-#: 80 lighting steps, 60 full-objective steps, 512 px texture).
-PRESETS: dict[str, dict[str, int]] = {
-    "FAST": {"steps": 150, "lighting_steps": 20, "fit_steps": 15, "texture_size": 512},
-    "DEFAULT": {},
-    "HIGH": {"steps": 600, "lighting_steps": 160, "fit_steps": 150, "texture_size": 2048},
-}
 
 #: Seconds a synchronous (script) reconstruction may take before it is cancelled.
 SYNC_TIMEOUT = 1800.0
@@ -171,9 +164,11 @@ def chosen_photos(settings: Any) -> list[str]:
 
 
 def request_options(settings: Any) -> dict[str, Any]:
-    """The protocol's ``options`` for the panel's settings: the quality preset, device and
+    """The protocol's ``options`` for the panel's settings: the quality preset as the chosen
+    mode runs it (only options the mode uses: the engine refuses the others), device and
     texture cleaning."""
-    options = {**PRESETS[settings.preset], "device": str(settings.device).lower()}
+    mode = modes.engine_mode(str(settings.mode))
+    options = {**modes.preset_options(mode, str(settings.preset)), "device": str(settings.device).lower()}
     if settings.clean_texture:
         options["clean_texture"] = True
     return options
@@ -185,6 +180,17 @@ def reconstruct_settings(context: bpy.types.Context) -> GANFIT_PG_reconstruct:
     if scene is None:
         raise RuntimeError("no scene in this context")
     return cast(GANFIT_PG_reconstruct, scene.ganfit_reconstruct)  # type: ignore[attr-defined]  # registered here
+
+
+#: The Quality menu's items per mode, built once: Blender keeps no reference to the strings a
+#: dynamic enum's callback returns, so they must outlive the call.
+_PRESET_ITEMS = {mode: modes.preset_items(mode) for mode in modes.MODES}
+
+
+def _preset_items(self: Any, context: bpy.types.Context | None) -> list[tuple[str, str, str, int]]:
+    """The Quality menu's items for the chosen mode (their tooltips say what each runs there)."""
+    mode = modes.engine_mode(str(self.mode)) if self is not None else modes.DEFAULT_MODE
+    return _PRESET_ITEMS[mode]
 
 
 class GANFIT_PG_photo(bpy.types.PropertyGroup):
@@ -205,18 +211,16 @@ class GANFIT_PG_reconstruct(scene_import.SceneChangeProperties, bpy.types.Proper
     more_photos: CollectionProperty(type=GANFIT_PG_photo)  # type: ignore[valid-type]  # fake-bpy: props return None
     mode: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Mode",
-        items=[("GANFIT", "GANFit", "Fit shape, expression, camera, light and texture to the photo by "
-                "optimisation (paper 3); Fast-GANFit and GANFit++ come later")],
-        default="GANFIT",
+        description="How the head is found: by optimisation (GANFit), by the regression network in one "
+                    "pass (Fast-GANFit), or by the network followed by a short fit (GANFit++)",
+        items=modes.mode_items(),
+        default=modes.DEFAULT_MODE.upper(),
     )
     preset: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Quality",
-        items=[
-            ("FAST", "Fast", "150 landmark steps, 20 lighting steps, 15 full-objective steps, 512 px texture"),
-            ("DEFAULT", "Default", "The engine's defaults: 300 landmark, 80 lighting, 60 full-objective steps, 512 px texture"),
-            ("HIGH", "High", "600 landmark, 160 lighting, 150 full-objective steps, 2048 px texture (slowest)"),
-        ],
-        default="DEFAULT",
+        description="Steps and texture size; what each preset runs depends on the mode",
+        items=_preset_items,
+        default=[identifier for identifier, _ in modes.PRESET_NAMES].index("DEFAULT"),
     )
     device: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Device",
@@ -236,7 +240,8 @@ class GANFIT_PG_reconstruct(scene_import.SceneChangeProperties, bpy.types.Proper
     )
     live_mesh: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Live mesh",
-        description="Show the head as it fits (a preview mesh, replaced by the result at the end)",
+        description="Show the head as it fits (a preview mesh, replaced by the result at the end); "
+                    "GANFit and GANFit++ only: Fast-GANFit has no fit to show",
         default=True,
     )
 
@@ -279,6 +284,8 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             self.report({"ERROR"}, "The same photo is chosen twice: remove one")
             return False
         photo = photos[0]
+        mode = modes.engine_mode(str(settings.mode))
+        live_mesh = bool(settings.live_mesh) and modes.fits(mode)  # fast mode has no fit to show
         try:
             client = engine_client(context)
             assert client is not None
@@ -290,11 +297,10 @@ class GANFIT_OT_reconstruct(bpy.types.Operator):
             return False
         self._request = {
             "type": "reconstruct", "id": job, "photos": [str(path) for path in photos], "output": str(output),
-            "force": False, "mode": str(settings.mode).lower(), "options": request_options(settings),
-            "mesh_updates": bool(settings.live_mesh),
+            "force": False, "mode": mode, "options": request_options(settings), "mesh_updates": live_mesh,
         }
         self._client, self._job, self._output, self._cancel_at = client, job, output, None
-        self._preview = LivePreview(job) if settings.live_mesh else None
+        self._preview = LivePreview(job) if live_mesh else None
         RUN.reset()
         RUN.job, RUN.status = job, "GANFit: starting the engine"
         return True
@@ -561,14 +567,17 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         remove.index = index
         _draw_photo(box, item, "path")
     box.operator(GANFIT_OT_add_photo.bl_idname, icon="ADD")
+    mode = modes.engine_mode(str(settings.mode))
     box.prop(settings, "mode")
-    note = box.row()
-    note.enabled = False
-    note.label(text="Fast-GANFit and GANFit++: coming later")
     box.prop(settings, "preset")
+    summary = box.row()  # what the preset runs in this mode: steps a mode skips are not listed
+    summary.enabled = False
+    summary.label(text=modes.preset_summary(mode, str(settings.preset)))
     box.prop(settings, "device")
     box.prop(settings, "clean_texture")
-    box.prop(settings, "live_mesh")
+    live = box.row()
+    live.enabled = modes.fits(mode)  # greyed in fast mode: no fit, nothing to preview
+    live.prop(settings, "live_mesh")
     scene_box = box.column(heading="Change the scene")  # what the result may change beyond its collection
     scene_box.prop(settings, "set_world")
     scene_box.prop(settings, "set_scene_camera")

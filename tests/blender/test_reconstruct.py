@@ -1,7 +1,7 @@
 """Reconstruct Face in real Blender against the real engine (``python -m ganfit serve`` in a
-child process, this test run's own interpreter): errors, a killed engine, Cancel, then a Fast
-reconstruction whose live preview mesh is replaced by the imported result. torch never loads
-in this (Blender's) process."""
+child process, this test run's own interpreter): errors, a killed engine, Cancel, a Draft
+reconstruction whose live preview mesh is replaced by the imported result, and each of the Mode
+menu's three modes end to end. torch never loads in this (Blender's) process."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _reconstruct(photo: Path | str, preset: str = "FAST", device: str = "CPU") -> set[str]:
+def _reconstruct(photo: Path | str, preset: str = "FAST", device: str = "CPU", mode: str = "GANFIT") -> set[str]:
     settings = bpy.context.scene.ganfit_reconstruct
+    settings.mode = mode
     settings.photo, settings.preset, settings.device, settings.live_mesh = str(photo), preset, device, True
     return bpy.ops.ganfit.reconstruct()
 
@@ -81,6 +82,8 @@ class RecordingLayout:
     def prop(self, data, name: str, **kw) -> None:
         assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
         self.log.append(("prop", name))
+        if not self.enabled:  # greyed out, as Blender draws a disabled row
+            self.log.append(("disabled", name))
 
     def operator(self, idname: str, **kw) -> None:
         module, _, name = idname.partition(".")
@@ -106,6 +109,7 @@ def test_panel_and_preferences_draw(addon, installed_addon: str, photos: dict[st
     assert {("prop", n) for n in ("photo", "mode", "preset", "device", "live_mesh")} <= set(layout.log)
     assert ("operator", "ganfit.reconstruct") in layout.log
     assert ("operator", "ganfit.reconstruct_cancel") not in layout.log
+    assert not any(kind == "label" and "later" in text for kind, text in layout.log)
 
     class PrefsProxy:  # the real preferences, drawing into a RecordingLayout (theirs is read-only)
         def __init__(self, real, layout: RecordingLayout) -> None:
@@ -131,7 +135,18 @@ def test_panel_settings_become_engine_options(addon, photos: dict[str, Path]) ->
     settings.clean_texture = True
     assert addon.request_options(settings) == {"device": "auto", "clean_texture": True}
     settings.clean_texture = False
-    assert [i.identifier for i in settings.bl_rna.properties["mode"].enum_items] == ["GANFIT"]
+    assert [i.identifier for i in settings.bl_rna.properties["mode"].enum_items] == ["GANFIT", "FAST", "GANFIT++"]
+    # each mode sends only what it uses: the engine refuses the rest
+    try:
+        settings.preset, settings.device = "HIGH", "CPU"
+        settings.mode = "GANFIT++"
+        assert addon.request_options(settings) == {"fit_steps": 50, "texture_size": 2048, "device": "cpu"}
+        settings.mode = "FAST"
+        assert addon.request_options(settings) == {"texture_size": 2048, "device": "cpu"}
+        settings.preset = "DEFAULT"
+        assert addon.request_options(settings) == {"device": "cpu"}
+    finally:
+        settings.mode, settings.preset, settings.device = "GANFIT", "DEFAULT", "AUTO"
     thumbnail = addon.photo_thumbnail(str(photos["grace_hopper"]))
     assert thumbnail is not None and max(thumbnail.image_size) > 0  # decoded (icons need a window)
     assert addon.photo_thumbnail(str(photos["grace_hopper"])) is thumbnail  # cached
@@ -332,3 +347,77 @@ def test_several_photos_one_head_and_the_scene_left_as_it_was(addon, photos: dic
     assert scene.world == world and scene.camera == camera
     assert (scene.render.resolution_x, scene.render.resolution_y) == (1234, 567)
     assert scene.view_settings.view_transform == view_transform
+
+
+def test_panel_shows_what_each_mode_uses(addon, photos: dict[str, Path]) -> None:
+    """Under the Quality menu a greyed line says what the preset runs in the chosen mode; Live
+    mesh is greyed in fast mode, which has no fit to preview."""
+    settings = bpy.context.scene.ganfit_reconstruct
+    settings.photo, settings.preset = str(photos["grace_hopper"]), "FAST"
+    drawn = {}
+    try:
+        for mode in ("GANFIT", "FAST", "GANFIT++"):
+            settings.mode = mode
+            layout = RecordingLayout()
+            addon.draw_panel(layout, bpy.context)
+            drawn[mode] = layout.log
+    finally:
+        settings.mode, settings.preset = "GANFIT", "DEFAULT"
+    labels = {mode: [text for kind, text in log if kind == "label"] for mode, log in drawn.items()}
+    assert "150 landmark, 20 lighting, 15 full-objective steps; 512 px texture" in labels["GANFIT"]
+    assert "One network pass, no fitting steps; 512 px texture" in labels["FAST"]
+    assert "Network pass, then 5 full-objective steps; 512 px texture" in labels["GANFIT++"]
+    assert ("disabled", "live_mesh") in drawn["FAST"]
+    assert ("disabled", "live_mesh") not in drawn["GANFIT"] and ("disabled", "live_mesh") not in drawn["GANFIT++"]
+    for log in drawn.values():
+        assert {("prop", n) for n in ("mode", "preset", "device", "clean_texture", "live_mesh")} <= set(log)
+
+
+@pytest.mark.parametrize("mode", ["FAST", "GANFIT++", "GANFIT"])
+def test_each_mode_reconstructs_and_imports(addon, installed_addon: str, photos: dict[str, Path], mode: str) -> None:
+    """Issue 19: the Mode menu runs all three modes end to end through the real engine, each
+    with the Draft preset (GANFit: 150 landmark, 20 lighting, 15 full-objective steps), and the
+    same import builds the head, its material, camera and light from each result folder."""
+    empty_scene()
+    engine_mode = mode.lower()
+    events: list[dict] = []
+    addon.EVENT_HOOKS.append(events.append)
+    started = time.monotonic()
+    try:
+        assert _reconstruct(photos["grace_hopper"], preset="FAST", mode=mode) == {"FINISHED"}
+    finally:
+        addon.EVENT_HOOKS.remove(events.append)
+        bpy.context.scene.ganfit_reconstruct.mode = "GANFIT"
+    seconds = time.monotonic() - started
+    collections = [c for c in bpy.data.collections if c.name.startswith("GANFit ")]
+    assert len(collections) == 1
+    by_type = {o.type: o for o in collections[0].objects}
+    assert sorted(by_type) == ["CAMERA", "LIGHT", "MESH"]
+    head = by_type["MESH"]
+    assert len(head.data.vertices) == 4538 and len(head.data.shape_keys.key_blocks) == 1 + 52
+    result = Path(head["ganfit_result"])
+    for name in ("result.json", "head.npz", "texture.png", "head.obj", "head.glb", "preview.png"):
+        assert (result / name).is_file(), name
+    images = [n.image for n in head.active_material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage"]
+    assert len(images) == 1 and Path(bpy.path.abspath(images[0].filepath)).resolve() == (result / "texture.png").resolve()
+    assert bpy.context.scene.camera == by_type["CAMERA"]
+    assert _preview_objects() == []
+
+    document = json.loads((result / "result.json").read_text())
+    recorded = document["settings"]
+    assert recorded["mode"] == engine_mode
+    assert recorded["appearance"]["texture_size"] == 512
+    if engine_mode == "ganfit":
+        assert (recorded["landmark"]["steps"], recorded["appearance"]["steps"], recorded["joint"]["steps"]) == (150, 20, 15)
+    elif engine_mode == "ganfit++":
+        assert recorded["joint"]["steps"] == 5
+    stages = {e.get("stage") for e in events if e.get("type") == "progress"}
+    assert events[-1]["type"] == "done"
+    if engine_mode == "fast":
+        assert "fitting" not in stages and "landmarks" not in stages
+        assert not [e for e in events if e.get("type") == "mesh"]  # nothing to preview: not asked for
+    else:
+        assert "fitting" in stages
+        assert ("landmarks" in stages) == (engine_mode == "ganfit")
+    assert "torch" not in sys.modules
+    print(f"{mode}: {seconds:.1f} s in Blender")

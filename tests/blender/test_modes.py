@@ -1,0 +1,98 @@
+"""The Mode menu (issue 19, item 5): GANFit, Fast-GANFit and GANFit++ as the engine's seam lists
+them, the licence of the regression network in the tooltips, and quality presets that send only
+what the chosen mode uses. The facts the add-on mirrors from the engine are checked against the
+engine's own definitions here, so they cannot drift. The end-to-end runs of each mode are in
+test_reconstruct.py (they share its engine)."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import sys
+
+import pytest
+
+from .conftest import BPY_MISSING, ROOT
+
+bpy = pytest.importorskip("bpy", reason=BPY_MISSING)
+
+
+@pytest.fixture(scope="module")
+def modes(installed_addon: str):
+    return sys.modules[f"{installed_addon}.modes"]
+
+
+def test_mirrored_engine_facts_agree(modes) -> None:
+    """UNUSED_BY_MODE, the defaults the presets describe and the network's licence are not in
+    the seam's protocol.py: the add-on's copies must equal the engine's."""
+    from ganfit import protocol, settings
+    from ganfit.fit.settings import FitSettings
+
+    assert modes.MODES == protocol.MODES and modes.DEFAULT_MODE == protocol.DEFAULT_MODE
+    assert modes.UNUSED_BY_MODE == settings.UNUSED_BY_MODE
+    assert modes.GANFIT_PLUS_FIT_STEPS == settings.GANFIT_PLUS_FIT_STEPS
+    defaults = FitSettings()
+    assert modes.ENGINE_DEFAULTS == {"steps": defaults.landmark.steps, "lighting_steps": defaults.appearance.steps,
+                                     "fit_steps": defaults.joint.steps, "texture_size": defaults.appearance.texture_size}
+    # regress/weights.py imports torch, which must never load beside bpy: read its constant
+    tree = ast.parse((ROOT / "backend/ganfit/regress/weights.py").read_text(encoding="utf-8"))
+    licence = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                   and any(getattr(t, "id", None) == "LICENCE" for t in node.targets))
+    assert modes.REGRESSOR_LICENCE == licence
+    assert "torch" not in sys.modules
+
+
+def test_every_mode_and_preset_is_accepted_by_the_engine(modes) -> None:
+    """What the add-on sends for each mode and preset passes the engine's own option check
+    (it refuses options a mode does not use) and runs the steps the tooltip promises."""
+    from ganfit.settings import build_settings
+
+    for mode, (preset, _) in itertools.product(modes.MODES, modes.PRESET_NAMES):
+        options = modes.preset_options(mode, preset)
+        assert not set(options) & set(modes.UNUSED_BY_MODE.get(mode, ())), (mode, preset)
+        built = build_settings({**options, "mode": mode, "device": "cpu"}, "protocol")
+        assert built.mode == mode
+        run = modes.effective_settings(mode, preset)
+        assert run["texture_size"] == built.appearance.texture_size, (mode, preset)
+        if modes.fits(mode):
+            assert run["fit_steps"] == built.joint.steps, (mode, preset)
+        if "steps" in run:
+            assert (run["steps"], run["lighting_steps"]) == (built.landmark.steps, built.appearance.steps)
+    # what the engine refuses, so the add-on must not send it
+    from ganfit.errors import GanfitError
+
+    with pytest.raises(GanfitError, match="not used by mode fast"):
+        build_settings({**modes.PRESETS["ganfit"]["FAST"], "mode": "fast"}, "protocol")
+    assert "torch" not in sys.modules
+
+
+def test_mode_menu_lists_the_engines_modes(modes, installed_addon: str) -> None:
+    from ganfit import protocol
+
+    prop = bpy.types.Scene.bl_rna.properties["ganfit_reconstruct"].fixed_type.bl_rna.properties["mode"]
+    items = list(prop.enum_items)
+    assert [i.identifier for i in items] == ["GANFIT", "FAST", "GANFIT++"]
+    assert [i.name for i in items] == ["GANFit", "Fast-GANFit", "GANFit++"]
+    assert prop.default == protocol.DEFAULT_MODE.upper()
+    for item, mode in zip(items, protocol.MODES):
+        assert item.description.startswith(protocol.MODE_HELP[mode])
+        assert ("non-commercial" in item.description) == (mode in ("fast", "ganfit++")), item.description
+        assert "later" not in item.description
+    assert "coming later" not in (ROOT / "ganfit_blender/reconstruct_op.py").read_text(encoding="utf-8")
+
+
+def test_quality_tooltips_follow_the_mode(modes) -> None:
+    """The Quality menu's items say what they run in the chosen mode: no steps in fast mode."""
+    settings = bpy.context.scene.ganfit_reconstruct
+    describe = bpy.types.UILayout.enum_item_description
+    try:
+        settings.mode, settings.preset = "GANFIT", "HIGH"
+        assert "600 landmark" in describe(settings, "preset", "HIGH")
+        assert bpy.types.UILayout.enum_item_name(settings, "preset", "FAST") == "Draft"
+        settings.mode = "FAST"
+        assert settings.preset == "HIGH"  # the preset stays when the mode changes
+        assert describe(settings, "preset", "HIGH") == "One network pass, no fitting steps; 2048 px texture"
+        settings.mode = "GANFIT++"
+        assert describe(settings, "preset", "DEFAULT").endswith("network pass, then 20 full-objective steps; 512 px texture")
+    finally:
+        settings.mode, settings.preset = "GANFIT", "DEFAULT"
