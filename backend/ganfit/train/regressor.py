@@ -277,17 +277,48 @@ def photo_target(path: Path, landmarks: Tensor, settings: JointStageSettings, id
     return prepare_target(photo, landmarks.cpu().numpy(), identity_net, settings.render_size)
 
 
-def skin_texture(target: Any) -> Tensor:
-    """A plain texture of the photo's median face colour (no texture model: nothing to predict)."""
-    pixels = target.image[0][:, target.region[0, 0] > 0.5]
-    colour = pixels.median(dim=1).values if pixels.numel() else torch.full((3,), 0.5)
-    return colour.clamp(0.05, 1.0).reshape(1, 3, 1, 1).expand(1, 3, 4, 4).contiguous()
+#: Stage 2's texture size: the objective renders 224 px windows, so 256 texels across the UV map
+#: hold what the renders can show, at a quarter of 512's projection time.
+STAGE2_TEXTURE_SIZE = 256
 
 
-def stage2_loss(objective: Any, params: FitParams, targets: list[Any], generator: torch.Generator) -> Tensor:
+class PhotoTextures:
+    """Each photo projected into UV with the predicted light divided out: the texture GANFit's
+    fit renders without a texture model (``fit.reconstruct``), so stage 2 trains the encoder
+    under the image formation that fast mode and GANFit++ then use. The projection is not
+    differentiated (as in the fit, where the texture is fixed): in the photo's own view it
+    reproduces the photo where the head covers it, and the random-pose render (eq. 8) and the
+    landmarks judge the shape."""
+
+    def __init__(self, model: Any, size: int = STAGE2_TEXTURE_SIZE) -> None:
+        from ..fit.texture_projection import mirror_vertex_index, uv_fragments
+
+        self.model = model
+        self.size = size
+        self.mirror = mirror_vertex_index(model.mean.float())
+        self.texels = uv_fragments(model.uvs, model.uv_faces, size)
+
+    @torch.no_grad()
+    def __call__(self, params: FitParams, targets: list[Any]) -> Tensor:
+        """(B, 3, S, S), row b photo b's texture under its predicted parameters."""
+        from ..fit.texture_projection import project_photo_to_uv
+
+        rows = []
+        model = self.model
+        for b, target in enumerate(targets):
+            row = params.row(b).detach()
+            vertices = model.vertices(row.identity * model.identity_std.to(row.identity), row.expression)[0]
+            texture = project_photo_to_uv(target.photo, vertices, model.faces, model.uvs, model.uv_faces,
+                                          row.camera(), self.mirror.to(vertices.device), self.size,
+                                          row.point_light(), texels=self.texels)
+            rows.append(texture.image[None])
+        return torch.cat(rows)
+
+
+def stage2_loss(objective: Any, params: FitParams, targets: list[Any], textures: Tensor,
+                generator: torch.Generator) -> Tensor:
     """Eq. 15: the full objective's total over the batch, each photo with its own texture."""
-    textures = torch.cat([skin_texture(target) for target in targets]).to(params.expression)
-    return objective(params, targets, textures, generator).total
+    return objective(params, targets, textures.to(params.expression), generator).total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +377,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def write_sample_sheet(target: Path, encoder: RegressionEncoder, model: Any, renderer: Any, identity_net: Any,
                        data: CachedPhotos, rows: list[int], settings: JointStageSettings, device: torch.device,
-                       seed: int) -> None:
+                       seed: int, textures: PhotoTextures) -> None:
     """One row per photo: the photo's window | the prediction rendered over it | a random-pose render."""
     from PIL import Image
 
@@ -362,7 +393,7 @@ def write_sample_sheet(target: Path, encoder: RegressionEncoder, model: Any, ren
             params = encoder(inputs).params
             photo = photo_target(data.paths[row], inputs.landmarks[0], settings, identity_net)
             photo = _target_to(photo, device)
-            texture = skin_texture(photo).to(device)
+            texture = textures(params, [photo])
             identity = params.identity * model.identity_std.to(params.identity)
             vertices = model.vertices(identity, params.expression)
             camera, light = params.camera(), params.point_light()
@@ -411,7 +442,10 @@ def train(config: RegressorTrainConfig, resume: bool = False) -> TrainResult:
     from ..objective import FullObjective
     from ..render import MeshRenderer
 
+    from ..threads import apply_threads
+
     _check(config)
+    apply_threads()  # torch's default thread count collapses on a busy CPU (ganfit.threads)
     ctx, created = _setup_distributed(config.device)
     out = Path(config.out)
     cache = Path(config.cache) if config.cache else out / "cache"
@@ -486,6 +520,7 @@ def _loop(config: RegressorTrainConfig, ctx: _Dist, net: Any, encoder: Regressio
     sampler = DistributedSampler(range(len(data)), num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
                                  seed=config.seed, drop_last=False)
     sample_rows = list(range(min(config.sample_photos, len(samples))))
+    textures = PhotoTextures(model)
     while step < config.total_steps:
         stage = 1 if step < config.stage1_steps else 2
         global_batch = config.batch if stage == 1 else config.stage2_batch
@@ -509,7 +544,7 @@ def _loop(config: RegressorTrainConfig, ctx: _Dist, net: Any, encoder: Regressio
             targets = [_target_to(photo_target(data.paths[r], data.landmarks[r], config.objective, identity_net),
                                   ctx.device) for r in rows]
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 97 + ctx.rank)
-            loss = stage2_loss(objective, prediction.params, targets, generator)
+            loss = stage2_loss(objective, prediction.params, targets, textures(prediction.params, targets), generator)
             loss = loss + config.excess_weight * prediction.range_excess.mean()
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -524,7 +559,7 @@ def _loop(config: RegressorTrainConfig, ctx: _Dist, net: Any, encoder: Regressio
         bar.set_postfix(stage=stage, loss=f"{value:.4f}")
         if ctx.rank == 0 and config.sample_every and (step % config.sample_every == 0 or step == config.total_steps):
             write_sample_sheet(out / "samples" / f"step-{step:07d}.png", encoder, model, renderer, identity_net,
-                               samples, sample_rows, config.objective, ctx.device, config.seed)
+                               samples, sample_rows, config.objective, ctx.device, config.seed, textures)
         if step % config.checkpoint_every == 0 or step == config.total_steps:
             if ctx.rank == 0:
                 checkpoint = save_checkpoint(out, step, encoder, optimiser, config)
