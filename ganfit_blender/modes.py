@@ -1,11 +1,10 @@
 """The reconstruction modes as the add-on offers them (paper section 4), and the engine options
 each mode and quality preset sends. No bpy: the panel, the operator and the tests read it.
 
-The modes, their order, names and one-line help come from the engine's ``protocol.py`` through
-the seam (``seam.py``). Two facts the seam does not carry yet are mirrored here, each checked
-against the engine by tests/blender/test_modes.py: the options a mode refuses
-(``UNUSED_BY_MODE``, backend/ganfit/settings.py) and the regression network's licence
-(``LICENCE``, backend/ganfit/regress/weights.py).
+The modes, their order, names and one-line help, the options each refuses, GANFit++'s default
+steps and the regression network's licence come from the engine's ``protocol.py`` through the
+seam (``seam.py``). The engine's step defaults the presets describe are mirrored here and
+checked against the engine by tests/blender/test_modes.py.
 """
 
 from __future__ import annotations
@@ -18,18 +17,15 @@ from .seam import protocol
 MODES: tuple[str, ...] = tuple(protocol.MODES)
 DEFAULT_MODE: str = protocol.DEFAULT_MODE
 
-#: Options each mode refuses with an error event (mirror of backend/ganfit/settings.py
-#: ``UNUSED_BY_MODE``): fast runs no optimisation; GANFit++ skips the landmark and lighting stages.
-UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {
-    "fast": ("steps", "lr", "lighting_steps", "fit_steps", "fit_lr", "texture_refine_steps", "loss_weights"),
-    "ganfit++": ("steps", "lr", "lighting_steps"),
-}
-#: The shipped regression network's terms (mirror of backend/ganfit/regress/weights.py LICENCE).
-REGRESSOR_LICENCE = "UTKFace: non-commercial research purposes only (https://susanqq.github.io/UTKFace/)"
+#: Options each mode refuses with an error event: fast runs no optimisation; GANFit++ skips
+#: the landmark and lighting stages.
+UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {mode: tuple(keys) for mode, keys in protocol.UNUSED_BY_MODE.items()}
+#: The shipped regression network's terms.
+REGRESSOR_LICENCE: str = protocol.REGRESSOR_LICENCE
 #: The engine's defaults for the options the presets set (backend/ganfit/fit/settings.py), and
-#: GANFit++'s full-objective steps when none are given (settings.GANFIT_PLUS_FIT_STEPS, a third of 60).
+#: GANFit++'s full-objective steps when none are given (a third of 60).
 ENGINE_DEFAULTS: dict[str, int] = {"steps": 300, "lighting_steps": 80, "fit_steps": 60, "texture_size": 512}
-GANFIT_PLUS_FIT_STEPS = 20
+GANFIT_PLUS_FIT_STEPS: int = protocol.GANFIT_PLUS_FIT_STEPS
 
 #: Quality presets: (identifier, name) in menu order. The identifiers stay as in earlier
 #: versions (saved files and scripts use them); "FAST" shows as *Draft* so that it is not

@@ -23,13 +23,27 @@ MODE_HELP = {
     "ganfit++": "GANFit++: the regression network's answer refined by a short fit (paper 4)",
 }
 
+#: Options each mode refuses (a request naming one gets an error event, the CLI a one-line
+#: error): fast runs no optimisation; GANFit++ starts the full-objective fit from the
+#: regression network and skips the landmark and lighting stages.
+UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {
+    "fast": ("steps", "lr", "lighting_steps", "fit_steps", "fit_lr", "texture_refine_steps", "loss_weights"),
+    "ganfit++": ("steps", "lr", "lighting_steps"),
+}
+#: GANFit++'s full-objective steps when none are given: a third of GANFit's 60, which the
+#: convergence benchmark measured enough to reach GANFit's final objective (docs/regressor.md).
+GANFIT_PLUS_FIT_STEPS = 20
+#: The terms of the shipped regression network (modes fast and ganfit++): those of its data.
+REGRESSOR_LICENCE = "UTKFace: non-commercial research purposes only (https://susanqq.github.io/UTKFace/)"
+
 #: A reconstruction's stages in order, each with its share of the whole progress bar (they sum
 #: to 1). Measured on the Default preset: the full-objective fit takes most of the time.
 STAGE_SHARES: dict[str, float] = {
     "detect": 0.03,
+    "regress": 0.01,  # modes fast and ganfit++ (instead of landmarks and lighting)
     "landmarks": 0.12,
     "lighting": 0.15,
-    "fitting": 0.62,
+    "fitting": 0.61,
     "texture": 0.05,
     "write": 0.03,
 }

@@ -88,15 +88,6 @@ OPTIONS: dict[str, NumberOption] = {
 #: Options that are not numbers, and the request-only fields that are not options.
 OTHER_OPTIONS = ("device", "clean_texture", "texture_model", "loss_weights", "mode", "regressor")
 
-#: What each mode leaves out (paper 4): fast runs no optimisation at all; GANFit++ starts the
-#: full-objective fit from the regression network, so the landmark and lighting stages go.
-UNUSED_BY_MODE = {
-    "fast": ("steps", "lr", "lighting_steps", "fit_steps", "fit_lr", "texture_refine_steps", "loss_weights"),
-    "ganfit++": ("steps", "lr", "lighting_steps"),
-}
-#: GANFit++'s full-objective steps when not given: a third of GANFit's 60 joint steps
-#: (docs/regressor.md, "GANFit++ convergence", measured it reaching GANFit's final objective).
-GANFIT_PLUS_FIT_STEPS = 20
 
 
 def option_name(key: str, source: Source) -> str:
@@ -229,7 +220,7 @@ def build_settings(options: Any, source: Source) -> FitSettings:
 def _mode(settings: FitSettings, options: dict[str, Any], source: Source) -> FitSettings:
     """The reconstruction mode (``--mode``, the request's ``mode``) and the regressor's weights;
     an option the mode does not use is refused rather than silently ignored."""
-    from .protocol import MODES
+    from .protocol import GANFIT_PLUS_FIT_STEPS, MODES, UNUSED_BY_MODE
 
     name = "--mode" if source == "cli" else "'mode'"
     mode = options["mode"] if "mode" in options else settings.mode

@@ -21,6 +21,7 @@ from ..errors import GanfitError, ModelDataError
 from ..io.atomic import atomic_file, atomic_savez
 from ..models.limits import check_npz
 from ..models.shape_model import ShapeModel
+from ..protocol import REGRESSOR_LICENCE
 from .encoder import EncoderConfig, RegressionEncoder
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 __all__ = ["SHIPPED_REGRESSOR", "load_regressor", "regressor_provenance", "save_regressor"]
 
 SHIPPED_REGRESSOR = Path(__file__).resolve().parents[1] / "models" / "data" / "regressor.npz"
-#: The data the shipped weights were trained on, and so their terms.
-LICENCE = "UTKFace: non-commercial research purposes only (https://susanqq.github.io/UTKFace/)"
+#: The data the shipped weights were trained on, and so their terms (defined in the seam, so the
+#: add-on's Mode menu shows the same words).
+LICENCE = REGRESSOR_LICENCE
 _HINT = "reinstall ganfit, or export a training run with `ganfit train-regressor --out RUN --export FILE`"
 _PREFIX = "state/"
 
