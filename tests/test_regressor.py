@@ -127,6 +127,32 @@ def test_stage_two_step_is_finite_and_writes_a_sample_sheet(tmp_path, photos, ca
     assert pixels[:, size:2 * size].std() > 5 and pixels[:, 2 * size:].std() > 5
 
 
+def test_reframing_moves_the_face_but_not_what_the_encoder_sees_of_it(photos) -> None:
+    """A photo pasted into a 3x larger virtual photo: the chip and identity features stay, the
+    landmarks move with the paste, and the framing input says the face is 3x smaller in view."""
+    from ganfit.regress.encoder import framing, inputs_from_targets
+    from ganfit.train.regressor import Reframing, photo_target
+    from ganfit.fit.settings import JointStageSettings
+
+    path = photos / "grace_hopper.png"
+    face = find_face(load_photo(path))
+    identity_net = DlibIdentity()
+    marks = torch.as_tensor(face.landmarks, dtype=torch.float32)
+    plain = photo_target(path, marks, JointStageSettings(), identity_net)
+    width, height = plain.size
+    frame = Reframing(size=torch.tensor([[3 * width, 3 * height]]), corner=torch.tensor([[400, 250]]))
+    moved = photo_target(path, marks + torch.tensor([400.0, 250.0]), JointStageSettings(), identity_net,
+                         (frame.size[0], frame.corner[0]))
+    focal = torch.tensor([1.5])
+    before, after = inputs_from_targets([plain], focal), inputs_from_targets([moved], focal)
+    assert torch.allclose(after.chip, before.chip, atol=1e-4)
+    assert torch.allclose(after.identity, before.identity, atol=1e-3)
+    assert torch.allclose(frame.apply(before).landmarks, after.landmarks)
+    assert torch.equal(frame.apply(before).image_size, after.image_size)
+    size_before, size_after = framing(before)[0, 0], framing(after)[0, 0]
+    assert abs(float(size_before - size_after) - np.log(3.0)) < 1e-4
+
+
 def test_limit_takes_a_uniform_sample_not_the_youngest(tmp_path) -> None:
     """UTKFace's names start with the age: the first N in name order were all small children."""
     folder = tmp_path / "ages"

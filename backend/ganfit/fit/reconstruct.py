@@ -32,7 +32,7 @@ from ..render import MeshRenderer
 from ..threads import apply_threads
 from ..timing import Timings
 from ..face.dlib_identity import DlibIdentity
-from ..render import Camera, Fragments, PointLight
+from ..render import Camera, PointLight
 
 from .appearance_stage import FaceCrop, fit_lighting
 from .joint_stage import PhotoTarget, fit_joint, prepare_target, refine_texture
@@ -40,8 +40,8 @@ from .landmark_stage import LandmarkFit, fit_landmarks
 from .pose import HeadPose
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
-from .texture_projection import (UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv, skin_outline,
-                                 uv_fragments)
+from .texture_projection import (UVTexels, UVTexture, merge_textures, mirror_vertex_index, project_photo_to_uv,
+                                 skin_outline, uv_texels)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Reconstructor:
         self._mirror: torch.Tensor | None = None
         self._texture_models: dict[str, "TextureModel"] = {}
         self._regressor: "RegressionEncoder | None" = None
-        self._texels: dict[int, Fragments] = {}
+        self._texels: dict[int, UVTexels] = {}
         #: Seconds per stage of the last reconstruction (detection, landmarks, identity network,
         #: regression, landmark fit, lighting, fitting, texture): the speed benchmarks read it.
         self.timings = Timings()
@@ -407,10 +407,11 @@ class Reconstructor:
                 starts.append(_Start(pose, identity, torch.cat([p.expression for p in picked]), light, {}))
         return starts
 
-    def _uv_texels(self, size: int) -> Fragments:
+    def _uv_texels(self, size: int) -> UVTexels:
         """The UV layout rasterised at ``size`` (the same for every photo), kept for reuse."""
         if size not in self._texels:
-            self._texels[size] = uv_fragments(self.model.uvs, self.model.uv_faces, size)
+            self._texels[size] = uv_texels(self.model.uvs, self.model.uv_faces, self.model.faces,
+                                           self.model.mean.shape[0], size)
         return self._texels[size]
 
     def _regressor_name(self) -> str:

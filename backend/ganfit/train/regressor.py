@@ -71,6 +71,10 @@ class RegressorTrainConfig:
     stage2_batch: int = 4  # global batch of stage 2 (each photo is rendered twice)
     learning_rate: float = 1e-3
     stage2_learning_rate: float = 1e-4
+    # Each training photo is placed at a random spot of a virtual photo up to this many times
+    # larger (``reframe``), so the encoder learns the perspective of faces that fill a small part
+    # of the frame, as in most photos, not only of UTKFace's tight crops. 1 switches it off.
+    reframe: float = 6.0
     excess_weight: float = 1.0  # pulls raw outputs past the parameters' ranges back
     checkpoint_every: int = 500
     sample_every: int = 500
@@ -269,11 +273,50 @@ def landmark_error(params: FitParams, inputs: EncoderInputs, model: Any) -> Tens
     return (projected - inputs.landmarks).norm(dim=-1).mean(-1) / interocular(inputs.landmarks)
 
 
-def photo_target(path: Path, landmarks: Tensor, settings: JointStageSettings, identity_net: Any) -> Any:
+@dataclass(frozen=True)
+class Reframing:
+    """Each photo of a batch pasted into a larger virtual photo (B rows): its size and where the
+    photo's top-left corner lands. The chip and the identity features do not change (they are
+    cut along the landmarks); the landmarks move and the focal length, a fraction of the width,
+    grows with the frame, so the head appears farther away and off-centre."""
+
+    size: Tensor  # (B, 2) long: virtual width, height
+    corner: Tensor  # (B, 2) long: x, y of the photo in it
+
+    def apply(self, inputs: EncoderInputs) -> EncoderInputs:
+        from dataclasses import replace
+
+        return replace(inputs, landmarks=inputs.landmarks + self.corner[:, None].to(inputs.landmarks),
+                       image_size=self.size.to(inputs.image_size))
+
+
+def reframe(inputs: EncoderInputs, largest: float, generator: torch.Generator) -> Reframing:
+    """A random ``Reframing``: each virtual photo 1 to ``largest`` times the photo's size
+    (log-uniform), the photo at a uniform place in it."""
+    batch = inputs.image_size.shape[0]
+    size = inputs.image_size.cpu().round().long()
+    if largest <= 1.0:
+        return Reframing(size, torch.zeros_like(size))
+    scale = torch.exp(torch.rand(batch, generator=generator) * math.log(largest))
+    frame = torch.maximum((size * scale[:, None]).ceil().long(), size)
+    corner = (torch.rand(batch, 2, generator=generator) * (frame - size + 1)).floor().long()
+    return Reframing(frame, corner)
+
+
+def photo_target(path: Path, landmarks: Tensor, settings: JointStageSettings, identity_net: Any,
+                 frame: tuple[Tensor, Tensor] | None = None) -> Any:
+    """The objective's target for one training photo; with ``frame`` (virtual size, corner: one
+    row of a ``Reframing``), the photo pasted into a black virtual photo, and ``landmarks`` are
+    in that photo's pixels."""
     from ..fit.joint_stage import prepare_target
     from ..io.images import load_photo
 
     photo = _photo_tensor(load_photo(path))
+    if frame is not None:
+        (width, height), (x, y) = (int(v) for v in frame[0]), (int(v) for v in frame[1])
+        canvas = photo.new_zeros(3, height, width)
+        canvas[:, y:y + photo.shape[1], x:x + photo.shape[2]] = photo
+        photo = canvas
     return prepare_target(photo, landmarks.cpu().numpy(), identity_net, settings.render_size)
 
 
@@ -291,12 +334,12 @@ class PhotoTextures:
     landmarks judge the shape."""
 
     def __init__(self, model: Any, size: int = STAGE2_TEXTURE_SIZE) -> None:
-        from ..fit.texture_projection import mirror_vertex_index, uv_fragments
+        from ..fit.texture_projection import mirror_vertex_index, uv_texels
 
         self.model = model
         self.size = size
         self.mirror = mirror_vertex_index(model.mean.float())
-        self.texels = uv_fragments(model.uvs, model.uv_faces, size)
+        self.texels = uv_texels(model.uvs, model.uv_faces, model.faces, model.mean.shape[0], size)
 
     @torch.no_grad()
     def __call__(self, params: FitParams, targets: list[Any]) -> Tensor:
@@ -431,6 +474,8 @@ def _check(config: RegressorTrainConfig) -> None:
         raise GanfitError("--batch and --stage2-batch must be at least 1")
     if not 0.0 <= config.held_out < 1.0:
         raise GanfitError(f"--held-out {config.held_out}: give a fraction from 0 up to (not including) 1")
+    if not 1.0 <= config.reframe <= 100.0:
+        raise GanfitError(f"--reframe {config.reframe}: give a factor from 1 (off) to 100")
     if config.checkpoint_every < 1 or config.sample_every < 0:
         raise GanfitError("--checkpoint-every must be at least 1 and --sample-every at least 0 (0: no sheets)")
 
@@ -536,13 +581,16 @@ def _loop(config: RegressorTrainConfig, ctx: _Dist, net: Any, encoder: Regressio
         order = list(sampler)
         rows = order[place * per_rank:(place + 1) * per_rank] or order[:per_rank]
         inputs = data.inputs(rows, ctx.device)
+        framing = reframe(inputs, config.reframe, torch.Generator().manual_seed(config.seed * 7_919 + step * 31 + ctx.rank))
+        inputs = framing.apply(inputs)
         prediction = net(inputs)
         if stage == 1:
             loss = stage1_loss(encoder, prediction.params, inputs, prediction.range_excess, model, config.objective,
                                config.excess_weight).mean()
         else:
-            targets = [_target_to(photo_target(data.paths[r], data.landmarks[r], config.objective, identity_net),
-                                  ctx.device) for r in rows]
+            targets = [_target_to(photo_target(data.paths[r], inputs.landmarks[i], config.objective, identity_net,
+                                               (framing.size[i], framing.corner[i])),
+                                  ctx.device) for i, r in enumerate(rows)]
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 97 + ctx.rank)
             loss = stage2_loss(objective, prediction.params, targets, textures(prediction.params, targets), generator)
             loss = loss + config.excess_weight * prediction.range_excess.mean()
@@ -591,6 +639,9 @@ def register(subparsers: Any, name: str = "train-regressor") -> argparse.Argumen
     add("--stage2-batch", type=int, default=defaults.stage2_batch, help="global stage-2 batch")
     add("--lr", type=float, default=defaults.learning_rate, help="stage-1 Adam learning rate")
     add("--stage2-lr", type=float, default=defaults.stage2_learning_rate, help="stage-2 Adam learning rate")
+    add("--reframe", type=float, default=defaults.reframe,
+        help="paste each photo into a virtual photo up to this many times larger, so that faces far from the "
+             "camera are learnt too (1: off)")
     add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     add("--sample-every", type=int, default=defaults.sample_every, help="sample sheet every N steps (0: none)")
     add("--seed", type=int, default=0)
@@ -667,7 +718,7 @@ def run(args: argparse.Namespace) -> int:
     config = RegressorTrainConfig(
         out=args.out, data=args.data, cache=args.cache, limit=args.limit, held_out=args.held_out,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch=args.batch,
-        stage2_batch=args.stage2_batch, learning_rate=args.lr, stage2_learning_rate=args.stage2_lr,
+        stage2_batch=args.stage2_batch, learning_rate=args.lr, stage2_learning_rate=args.stage2_lr, reframe=args.reframe,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, device=args.device,
         texture_model=args.texture_model, progress=not args.no_progress,
     )
