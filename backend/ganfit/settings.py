@@ -230,7 +230,8 @@ def _mode(settings: FitSettings, options: dict[str, Any], source: Source) -> Fit
     if unused:
         why = ("runs no optimisation" if mode == "fast"
                else "starts from the regression network and skips the landmark and lighting stages")
-        raise GanfitError(f"{option_name(unused[0], source)}: not used by mode {mode}, which {why}; "
+        flag = "--loss-weight" if unused[0] == "loss_weights" and source == "cli" else option_name(unused[0], source)
+        raise GanfitError(f"{flag}: not used by mode {mode}, which {why}; "
                           f"drop it or use {name} ganfit")
     settings = replace(settings, mode=mode)
     if mode == "ganfit++" and options.get("fit_steps") is None:
