@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from .errors import GanfitError
 from .fit.settings import FitSettings
+from .protocol import GANFIT_PLUS_FIT_STEPS, MODES, UNUSED_BY_MODE  # stdlib only, shared with the add-on
 
 __all__ = ["OPTIONS", "LOSS_TERMS", "Source", "build_settings", "option_name", "parse_loss_weights"]
 
@@ -220,7 +221,6 @@ def build_settings(options: Any, source: Source) -> FitSettings:
 def _mode(settings: FitSettings, options: dict[str, Any], source: Source) -> FitSettings:
     """The reconstruction mode (``--mode``, the request's ``mode``) and the regressor's weights;
     an option the mode does not use is refused rather than silently ignored."""
-    from .protocol import GANFIT_PLUS_FIT_STEPS, MODES, UNUSED_BY_MODE
 
     name = "--mode" if source == "cli" else "'mode'"
     mode = options["mode"] if "mode" in options else settings.mode
