@@ -193,18 +193,18 @@ def test_bad_input_is_a_one_line_error(tmp_path, photos, cache) -> None:
         train(_config(tmp_path, photos, cache, stage1_steps=0, stage2_steps=0))
 
 
-def test_two_processes_with_torchrun_on_gloo_write_one_checkpoint(tmp_path, photos, cache) -> None:
+def test_two_processes_with_torchrun_on_gloo_run_both_stages_and_write_one_checkpoint(tmp_path, photos, cache) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "ganfit", "train-regressor", "--out", str(out), "--data", str(photos), "--cache", str(cache),
-               "--held-out", "0", "--stage1-steps", "3", "--batch", "4", "--checkpoint-every", "3",
-               "--sample-every", "0", "--no-progress", "-v"]
+               "--held-out", "0", "--stage1-steps", "3", "--batch", "4", "--stage2-steps", "1", "--stage2-batch", "2",
+               "--checkpoint-every", "4", "--sample-every", "0", "--no-progress", "-v"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stderr  # both ranks joined one gloo group
     checkpoints = sorted((out / "checkpoints").iterdir())
-    assert [p.name for p in checkpoints] == ["step-0000003.pt"]
+    assert [p.name for p in checkpoints] == ["step-0000004.pt"]  # 3 landmark steps, 1 full-objective step
     state = load_checkpoint(checkpoints[0])
-    assert state["step"] == 3
+    assert state["step"] == 4
     assert not (out / "samples").exists()
