@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/landmark_accuracy.py
 	$(BIN)/python benchmarks/bench_identity_network.py
 	$(BIN)/python benchmarks/bench_joint_step.py
+	$(BIN)/python benchmarks/fast_speed.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
