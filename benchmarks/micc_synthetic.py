@@ -537,8 +537,9 @@ def _summary(mode: str, per_head: list[dict[str, Any]], seconds: float, weights_
         "median_mm": float(np.median(errors)) if len(ok) else None,
         "rigid_mean_mm": float(rigid.mean()) if len(ok) else None, "rigid_std_mm": float(rigid.std()) if len(ok) else None,
         "mean_scale": float(np.mean([r["scale"] for r in ok])) if ok else None,
-        "seconds_per_head": float(np.mean([r["seconds"] for r in per_head])) if per_head else None,
-        "median_seconds_per_head": float(np.median([r["seconds"] for r in per_head])) if per_head else None,
+        # over the reconstructed heads: a photo refused at detection costs almost nothing
+        "seconds_per_head": float(np.mean([r["seconds"] for r in ok])) if ok else None,
+        "median_seconds_per_head": float(np.median([r["seconds"] for r in ok])) if ok else None,
         "wall_seconds_this_run": round(seconds, 1), "regressor_sha256": weights_hash,
     }
 
