@@ -90,7 +90,8 @@ def test_fast_each_batches_and_matches_one_photo_at_a_time(grace_path: Path, ast
     (["--mode", "fast", "--steps", "10"], "--steps: not used by mode fast"),
     (["--mode", "fast", "--loss-weight", "pixel=1"], "--loss-weight: not used by mode fast"),
     (["--mode", "ganfit++", "--lighting-steps", "10"], "--lighting-steps: not used by mode ganfit++"),
-    (["--regressor", "REG"], "only used by modes fast and ganfit++"),
+    (["--mode", "ganfit", "--regressor", "REG"], "only used by modes fast and ganfit++"),
+    (["--mode", "fast", "--identity-model", "REG"], "--identity-model: the regression network of --mode fast"),
     (["--mode", "fast", "--regressor", "missing.npz"], "--regressor missing.npz: file not found"),
     (["--mode", "fast", "--regressor", "BROKEN"], "cannot be read"),
 ])
@@ -102,6 +103,21 @@ def test_mode_errors_are_one_line_before_any_work(grace_path: Path, tmp_path: Pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_default_is_ganfit_plus_plus_unless_ganfit_options_are_given() -> None:
+    """protocol.DEFAULT_MODE, chosen by Table I; GANFit's own options, given without a mode,
+    select GANFit instead of being refused (scripts written for GANFit keep their meaning)."""
+    from ganfit.protocol import DEFAULT_MODE, GANFIT_PLUS_FIT_STEPS
+    from ganfit.settings import build_settings
+
+    assert DEFAULT_MODE == "ganfit++"
+    for source in ("cli", "protocol"):
+        default = build_settings({}, source)
+        assert default.mode == "ganfit++" and default.joint.steps == GANFIT_PLUS_FIT_STEPS
+        steps = "100" if source == "cli" else 100
+        assert build_settings({"steps": steps}, source).mode == "ganfit"
+        assert build_settings({"fit_steps": steps}, source).mode == "ganfit++"
 
 
 def test_the_protocol_runs_each_mode(grace_path: Path, tmp_path: Path) -> None:

@@ -105,8 +105,16 @@ def test_good_values_set_the_fields_they_name():
 
 
 def test_nothing_given_is_the_defaults():
-    assert build_settings({}, "protocol") == FitSettings()
-    assert build_settings({key: None for key in OPTIONS}, "cli") == FitSettings()
+    """The default mode (protocol.DEFAULT_MODE, GANFit++) with its step count; every other
+    setting is FitSettings()'s."""
+    from dataclasses import replace
+
+    from ganfit.protocol import DEFAULT_MODE, GANFIT_PLUS_FIT_STEPS
+
+    base = FitSettings()
+    expected = replace(base, mode=DEFAULT_MODE, joint=replace(base.joint, steps=GANFIT_PLUS_FIT_STEPS))
+    assert build_settings({}, "protocol") == expected
+    assert build_settings({key: None for key in OPTIONS}, "cli") == expected
 
 
 def test_a_usage_error_answers_before_torch_loads(tmp_path):

@@ -58,7 +58,8 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--force", action="store_true", help="replace an existing result folder")
     rec.add_argument("--mode", default=None, metavar="MODE",
                      help="; ".join(f"{mode}: {text.split(': ', 1)[1]}" for mode, text in MODE_HELP.items())
-                          + f" (default {_default_mode()}; docs/regressor.md). The regression network is trained on "
+                          + f" (default {_default_mode()}, or ganfit when --steps, --lr, --lighting-steps, --shape-model "
+                          "or --identity-model is given; docs/regressor.md). The regression network is trained on "
                           "UTKFace: non-commercial research only")
     rec.add_argument("--regressor", default=None, metavar="NPZ",
                      help="regression network weights for --mode fast/ganfit++ (default: the shipped ones)")
@@ -119,8 +120,16 @@ def _settings(args: argparse.Namespace):
     from .settings import OPTIONS, build_settings, parse_loss_weights
 
     given: dict[str, Any] = {key: getattr(args, key) for key in OPTIONS}
+    mode = args.mode
+    others = [flag for flag, value in (("--shape-model", args.shape_model), ("--identity-model", args.identity_model))
+              if value is not None]
+    if others and mode in ("fast", "ganfit++"):
+        raise GanfitError(f"{others[0]}: the regression network of --mode {mode} was trained for the default head "
+                          "and reads dlib's identity features; use --mode ganfit with it")
+    if others and mode is None:
+        mode = "ganfit"  # the default mode's network knows only the default head and identity network
     given.update(device=args.device, clean_texture=args.clean_texture, texture_model=args.texture_model,
-                 mode=args.mode, regressor=args.regressor)
+                 mode=mode, regressor=args.regressor)
     if args.loss_weight:
         given["loss_weights"] = parse_loss_weights(args.loss_weight)
     return build_settings(given, "cli")
@@ -208,9 +217,9 @@ class _ProgressBar:
 
 
 def _default_mode() -> str:
-    from .fit.settings import FitSettings
+    from .protocol import DEFAULT_MODE
 
-    return FitSettings().mode
+    return DEFAULT_MODE
 
 
 #: Photos per forward pass of the regression network in ``reconstruct --each --mode fast``.
@@ -383,7 +392,7 @@ def _texture_models_info(projection: str) -> dict[str, Any]:
 
 def _regressor_info() -> dict[str, Any]:
     """``info``'s entry for the Fast-GANFit regression network: its provenance and licence."""
-    from .fit.settings import FitSettings
+    from .protocol import DEFAULT_MODE
     from .regress.weights import SHIPPED_REGRESSOR, regressor_provenance
 
     try:
@@ -397,7 +406,7 @@ def _regressor_info() -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": "Fast-GANFit regression network trained by the project (paper 4)",
         "path": str(SHIPPED_REGRESSOR),
-        "use": f"`reconstruct --mode fast|ganfit++`{' (the default mode)' if FitSettings().mode != 'ganfit' else ''}",
+        "use": f"`reconstruct --mode fast|ganfit++` (the default mode is {DEFAULT_MODE})",
         "parameters": provenance.get("parameters"),
         "trained": f"{steps.get('stage1')} landmark + {steps.get('stage2')} full-objective steps on "
                    f"{(provenance.get('hardware') or {}).get('device')}, {provenance.get('wall_clock_hours')} h",

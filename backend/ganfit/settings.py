@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from .errors import GanfitError
 from .fit.settings import FitSettings
-from .protocol import GANFIT_PLUS_FIT_STEPS, MODES, UNUSED_BY_MODE  # stdlib only, shared with the add-on
+from .protocol import DEFAULT_MODE, GANFIT_ONLY, GANFIT_PLUS_FIT_STEPS, MODES, UNUSED_BY_MODE  # stdlib only, shared with the add-on
 
 __all__ = ["OPTIONS", "LOSS_TERMS", "Source", "build_settings", "option_name", "parse_loss_weights"]
 
@@ -223,7 +223,12 @@ def _mode(settings: FitSettings, options: dict[str, Any], source: Source) -> Fit
     an option the mode does not use is refused rather than silently ignored."""
 
     name = "--mode" if source == "cli" else "'mode'"
-    mode = options["mode"] if "mode" in options else settings.mode
+    if "mode" in options:
+        mode = options["mode"]
+    elif any(options.get(key) is not None for key in GANFIT_ONLY):
+        mode = "ganfit"  # no mode named: GANFit's own options ask for GANFit (protocol.GANFIT_ONLY)
+    else:
+        mode = DEFAULT_MODE
     if not isinstance(mode, str) or mode not in MODES:
         raise GanfitError(f"{name} {_quote(mode, source)}: unknown mode; use {', '.join(MODES)}")
     unused = [key for key in UNUSED_BY_MODE.get(mode, ()) if options.get(key) is not None]

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..protocol import DEFAULT_MODE  # stdlib only: the add-on reads the same default
-
 
 @dataclass(frozen=True)
 class LandmarkStageSettings:
@@ -101,7 +99,9 @@ class FitSettings:
     max_photo_side: int = 2048
     # Paper 4: "ganfit" optimises (3.4); "fast" takes the regression network's one forward pass;
     # "ganfit++" starts the full-objective fit from it, skipping the landmark and lighting stages.
-    mode: str = DEFAULT_MODE
+    # FitSettings() is GANFit, the fit as configured here; the command line's and the protocol's
+    # default mode (protocol.DEFAULT_MODE, GANFit++) is applied by ganfit.settings.build_settings.
+    mode: str = "ganfit"
     regressor: str | None = None  # the regression network's weights (None: the shipped ones)
 
     def to_dict(self) -> dict[str, Any]:

@@ -639,6 +639,8 @@ def register(subparsers: Any, name: str = "train-regressor") -> argparse.Argumen
     add("--stage2-batch", type=int, default=defaults.stage2_batch, help="global stage-2 batch")
     add("--lr", type=float, default=defaults.learning_rate, help="stage-1 Adam learning rate")
     add("--stage2-lr", type=float, default=defaults.stage2_learning_rate, help="stage-2 Adam learning rate")
+    add("--loss-weight", action="append", default=[], metavar="TERM=W",
+        help="weight of one term of the objective both stages use (as reconstruct's --loss-weight)")
     add("--reframe", type=float, default=defaults.reframe,
         help="paste each photo into a virtual photo up to this many times larger, so that faces far from the "
              "camera are learnt too (1: off)")
@@ -715,7 +717,16 @@ def run(args: argparse.Namespace) -> int:
         target = export_run(Path(args.out), Path(args.export), figures)
         print(f"wrote {target} and {target.with_suffix('.json').name}")
         return 0
+    from dataclasses import replace
+
+    from ..settings import LOSS_TERMS, build_settings, parse_loss_weights
+
+    objective = JointStageSettings()
+    if args.loss_weight:  # the reconstruct command's rules and names for the terms
+        fitted = build_settings({"mode": "ganfit", "loss_weights": parse_loss_weights(args.loss_weight)}, "cli").joint
+        objective = replace(objective, **{f: getattr(fitted, f) for f in LOSS_TERMS.values()})
     config = RegressorTrainConfig(
+        objective=objective,
         out=args.out, data=args.data, cache=args.cache, limit=args.limit, held_out=args.held_out,
         stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch=args.batch,
         stage2_batch=args.stage2_batch, learning_rate=args.lr, stage2_learning_rate=args.stage2_lr, reframe=args.reframe,
