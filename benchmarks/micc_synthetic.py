@@ -19,7 +19,6 @@ keep it outside the repository (default /work/micc-synthetic) and never commit i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -108,14 +107,6 @@ class EvalSettings:
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -442,6 +433,7 @@ def evaluate(out: Path, settings: EvalSettings) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "backend"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from micc_metric import MiccSettings
+    from report import file_sha256 as sha256
 
     heads = [d for d in head_dirs(out) if (d / "photo.png").is_file()][: settings.limit]
     if not heads:

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 from identity_distance import SAME_PERSON, TURN_DEGREES, UTKFACE, DlibJudge, fit_and_judge
-from report import RESULTS, publish
+from report import RESULTS, file_sha256, publish
 
 from ganfit.errors import GanfitError, InputImageError
 from ganfit.fit.reconstruct import Reconstructor
@@ -94,14 +94,6 @@ def mode_settings(mode: str, regressor: Path | None = None, **options: Any) -> F
 
 def regressor_file(settings: FitSettings) -> Path:
     return Path(settings.regressor) if settings.regressor else SHIPPED_REGRESSOR
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_hash(settings: FitSettings) -> str | None:
