@@ -33,7 +33,6 @@ from ..threads import apply_threads
 from ..timing import Timings
 from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
-
 from .appearance_stage import FaceCrop, fit_lighting
 from .joint_stage import PhotoTarget, fit_joint, prepare_target, refine_texture
 from .landmark_stage import LandmarkFit, fit_landmarks
