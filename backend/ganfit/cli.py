@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .errors import GanfitError
-from .protocol import MODE_HELP, progress_fraction  # stdlib only, shared with the add-on
+from .protocol import DEFAULT_MODE, MODE_HELP, progress_fraction  # stdlib only, shared with the add-on
 from .settings import LOSS_TERMS
 
 log = logging.getLogger("ganfit")
@@ -58,7 +58,7 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--force", action="store_true", help="replace an existing result folder")
     rec.add_argument("--mode", default=None, metavar="MODE",
                      help="; ".join(f"{mode}: {text.split(': ', 1)[1]}" for mode, text in MODE_HELP.items())
-                          + f" (default {_default_mode()}, or ganfit when --steps, --lr, --lighting-steps, --shape-model "
+                          + f" (default {DEFAULT_MODE}, or ganfit when --steps, --lr, --lighting-steps, --shape-model "
                           "or --identity-model is given; docs/regressor.md). The regression network is trained on "
                           "UTKFace: non-commercial research only")
     rec.add_argument("--regressor", default=None, metavar="NPZ",
@@ -123,7 +123,7 @@ def _settings(args: argparse.Namespace):
     mode = args.mode
     others = [flag for flag, value in (("--shape-model", args.shape_model), ("--identity-model", args.identity_model))
               if value is not None]
-    if others and mode in ("fast", "ganfit++"):
+    if others and mode is not None and mode != "ganfit":
         raise GanfitError(f"{others[0]}: the regression network of --mode {mode} was trained for the default head "
                           "and reads dlib's identity features; use --mode ganfit with it")
     if others and mode is None:
@@ -214,12 +214,6 @@ class _ProgressBar:
 
     def close(self) -> None:
         self._bar.close()
-
-
-def _default_mode() -> str:
-    from .protocol import DEFAULT_MODE
-
-    return DEFAULT_MODE
 
 
 #: Photos per forward pass of the regression network in ``reconstruct --each --mode fast``.
@@ -392,7 +386,6 @@ def _texture_models_info(projection: str) -> dict[str, Any]:
 
 def _regressor_info() -> dict[str, Any]:
     """``info``'s entry for the Fast-GANFit regression network: its provenance and licence."""
-    from .protocol import DEFAULT_MODE
     from .regress.weights import SHIPPED_REGRESSOR, regressor_provenance
 
     try:

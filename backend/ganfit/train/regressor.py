@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,8 +284,6 @@ class Reframing:
     corner: Tensor  # (B, 2) long: x, y of the photo in it
 
     def apply(self, inputs: EncoderInputs) -> EncoderInputs:
-        from dataclasses import replace
-
         return replace(inputs, landmarks=inputs.landmarks + self.corner[:, None].to(inputs.landmarks),
                        image_size=self.size.to(inputs.image_size))
 
@@ -454,8 +452,6 @@ def write_sample_sheet(target: Path, encoder: RegressionEncoder, model: Any, ren
 
 
 def _target_to(target: Any, device: torch.device) -> Any:
-    from dataclasses import replace
-
     if device.type == "cpu":
         return target
     moved = {f.name: getattr(target, f.name).to(device) for f in fields(target) if isinstance(getattr(target, f.name), Tensor)}
@@ -519,8 +515,6 @@ def train(config: RegressorTrainConfig, resume: bool = False) -> TrainResult:
             from ..texture.model import load_texture_model
 
             texture_model = load_texture_model(config.texture_model, device=ctx.device)
-            from dataclasses import replace
-
             encoder_config = replace(encoder_config, texture_latent_dim=int(texture_model.latent_dim))
         encoder = RegressionEncoder(model, encoder_config).to(ctx.device)
         optimiser = torch.optim.Adam(encoder.parameters(), lr=config.learning_rate)
@@ -717,8 +711,6 @@ def run(args: argparse.Namespace) -> int:
         target = export_run(Path(args.out), Path(args.export), figures)
         print(f"wrote {target} and {target.with_suffix('.json').name}")
         return 0
-    from dataclasses import replace
-
     from ..settings import LOSS_TERMS, build_settings, parse_loss_weights
 
     objective = JointStageSettings()
