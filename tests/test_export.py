@@ -14,7 +14,13 @@ import pytest
 from PIL import Image
 
 from ganfit.errors import OutputError
-from ganfit.io.export_gltf import camera_matrix, export_glb, split_uv_seams, vertex_normals
+from ganfit.io.export_gltf import (
+    camera_matrix,
+    export_glb,
+    morph_normal_deltas,
+    split_uv_seams,
+    vertex_normals,
+)
 from ganfit.io.export_obj import export_obj
 from ganfit.io.result import GLB_FILE, MTL_FILE, OBJ_FILE, TEXTURE_PNG, Reconstruction, write_result
 from test_result_io import RING, RINGS, synthetic_reconstruction
@@ -47,6 +53,23 @@ def test_vertex_normals_point_outward(recon: Reconstruction) -> None:
     radial /= np.linalg.norm(radial, axis=1, keepdims=True)
     middle = slice(RING, 2 * RING)  # the middle ring: neighbours on both sides, normals are radial
     assert np.allclose(normals[middle], radial[middle], atol=1e-6)
+
+
+def test_morph_normal_deltas_equal_recomputing_every_normal(recon: Reconstruction) -> None:
+    """Only the normals around moving vertices are recomputed; the numbers must be those of
+    recomputing them all, bit for bit, for sparse, dense and empty deltas alike."""
+    rng = np.random.default_rng(3)
+    count = len(recon.neutral_vertices)
+    sparse = np.zeros((count, 3), np.float32)
+    sparse[rng.choice(count, 5, replace=False)] = rng.normal(0, 0.01, (5, 3))
+    deltas = np.stack([sparse, rng.normal(0, 0.01, (count, 3)).astype(np.float32), np.zeros((count, 3), np.float32),
+                       *recon.expression_deltas])
+    neutral_normals = vertex_normals(recon.neutral_vertices, recon.faces)
+    got = morph_normal_deltas(recon.neutral_vertices, deltas, recon.faces, neutral_normals)
+    want = np.stack([vertex_normals(recon.neutral_vertices.astype(np.float64) + d, recon.faces) - neutral_normals
+                     for d in deltas])
+    assert np.array_equal(got, want)
+    assert not got[2].any() and got[0].any()
 
 
 def test_camera_matrix_looks_at_the_target() -> None:
