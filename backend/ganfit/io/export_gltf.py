@@ -136,25 +136,34 @@ def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> 
 
 
 class _BinaryBuilder:
-    """Collects buffer views and accessors in one BIN chunk, each view 4-byte aligned."""
+    """Collects buffer views and accessors in one BIN chunk, each view 4-byte aligned.
+
+    The views are kept as a list of buffers (arrays are not copied) and joined once: the BIN
+    chunk is 6.5 MB, and growing one bytearray copied it three times over."""
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.parts: list[bytes | memoryview] = []
+        self.length = 0
         self.buffer_views: list[dict[str, Any]] = []
         self.accessors: list[dict[str, Any]] = []
 
-    def view(self, payload: bytes, target: int | None = None) -> int:
-        self.data.extend(b"\0" * (-len(self.data) % 4))
-        view: dict[str, Any] = {
-            "buffer": 0,
-            "byteOffset": len(self.data),
-            "byteLength": len(payload),
-        }
+    def view(self, payload: bytes | memoryview, target: int | None = None) -> int:
+        padding = -self.length % 4
+        if padding:
+            self.parts.append(b"\0" * padding)
+            self.length += padding
+        size = memoryview(payload).nbytes
+        view: dict[str, Any] = {"buffer": 0, "byteOffset": self.length, "byteLength": size}
         if target is not None:
             view["target"] = target
-        self.data.extend(payload)
+        self.parts.append(payload)
+        self.length += size
         self.buffer_views.append(view)
         return len(self.buffer_views) - 1
+
+    def data(self) -> bytes:
+        """The BIN chunk's content."""
+        return b"".join(self.parts)
 
     def accessor(
         self,
@@ -162,8 +171,9 @@ class _BinaryBuilder:
         kind: str,
         *,
         target: int | None = _ARRAY_BUFFER,
-        bounds: bool = False,
+        bounds: bool | tuple[np.ndarray, np.ndarray] = False,
     ) -> int:
+        """``bounds``: True to store the per-component min and max, or them computed already."""
         if array.dtype == np.float32:
             component = _FLOAT
         elif array.dtype == np.uint16:
@@ -172,36 +182,44 @@ class _BinaryBuilder:
             component = _UNSIGNED_INT
         else:
             raise TypeError(f"unsupported accessor dtype {array.dtype}")
-        array = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
         accessor: dict[str, Any] = {
-            "bufferView": self.view(
-                array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(), target
-            ),
+            "bufferView": self.view(memoryview(array).cast("B"), target),
             "componentType": component,
             "count": int(array.shape[0]) if kind != "SCALAR" else int(array.size),
             "type": kind,
         }
-        if bounds:
-            # per component along contiguous rows: numpy's min(axis=0) over 3 columns is 20x slower
-            columns = np.ascontiguousarray(array.reshape(accessor["count"], -1).T)
-            accessor["min"] = [float(x) for x in columns.min(axis=1)]
-            accessor["max"] = [float(x) for x in columns.max(axis=1)]
+        if bounds is True:
+            bounds = _bounds(array.reshape(1, accessor["count"], -1))
+            bounds = (bounds[0][0], bounds[1][0])
+        if bounds is not False:
+            accessor["min"] = bounds[0].tolist()
+            accessor["max"] = bounds[1].tolist()
         self.accessors.append(accessor)
         return len(self.accessors) - 1
 
 
-def _glb_bytes(document: dict[str, Any], binary: bytes) -> bytes:
+def _bounds(arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-component min and max (B, C) of a batch of arrays (B, N, C), as float64 (what JSON
+    stores). Taken along contiguous rows: numpy's min over axis 1 of (B, N, 3) is 20x slower."""
+    columns = np.ascontiguousarray(arrays.transpose(0, 2, 1))
+    return columns.min(axis=2).astype(np.float64), columns.max(axis=2).astype(np.float64)
+
+
+def _glb_bytes(document: dict[str, Any], binary: list[bytes | memoryview], length: int) -> bytes:
+    """The .glb file: header, JSON chunk, and the BIN chunk from its parts (``length`` bytes)."""
     json_chunk = json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
     json_chunk += b" " * (-len(json_chunk) % 4)
-    binary += b"\0" * (-len(binary) % 4)
-    total = 12 + 8 + len(json_chunk) + 8 + len(binary)
+    padding = b"\0" * (-length % 4)
+    total = 12 + 8 + len(json_chunk) + 8 + length + len(padding)
     return b"".join(
         [
             struct.pack("<III", _GLB_MAGIC, 2, total),
             struct.pack("<II", len(json_chunk), _CHUNK_JSON),
             json_chunk,
-            struct.pack("<II", len(binary), _CHUNK_BIN),
-            binary,
+            struct.pack("<II", length + len(padding), _CHUNK_BIN),
+            *binary,
+            padding,
         ]
     )
 
@@ -212,6 +230,14 @@ def glb_document(
     """The glTF JSON document and BIN chunk for ``result`` (separate so tests can inspect);
     ``texture_png``: the texture already encoded (the result folder's texture.png), so it is
     not compressed twice."""
+    document, builder = _glb_document(result, morph_normals=morph_normals, texture_png=texture_png)
+    return document, builder.data()
+
+
+def _glb_document(
+    result: Reconstruction, *, morph_normals: bool, texture_png: bytes | None
+) -> tuple[dict[str, Any], _BinaryBuilder]:
+    """``glb_document`` with the BIN chunk still in parts, so the file is joined only once."""
     vertex_index, uv_index, faces = split_uv_seams(result.faces, result.uv_faces)
     neutral_normals = vertex_normals(result.neutral_vertices, result.faces)
     builder = _BinaryBuilder()
@@ -230,13 +256,18 @@ def glb_document(
     )
 
     targets = []
-    deltas = result.expression_deltas
+    # all targets at once: one gather, one conversion and one min/max for the 52 of them
+    # (np.take, not [:, vertex_index]: that gives a strided array, slow to copy out per target)
+    position_deltas = np.take(result.expression_deltas, vertex_index, axis=1)
+    lows, highs = _bounds(position_deltas)
     if morph_normals:
-        normal_deltas = morph_normal_deltas(result.neutral_vertices, deltas, result.faces, neutral_normals)
+        normal_deltas = np.take(morph_normal_deltas(
+            result.neutral_vertices, result.expression_deltas, result.faces, neutral_normals
+        ), vertex_index, axis=1).astype(np.float32)
     for e in range(len(result.expression_names)):
-        target = {"POSITION": builder.accessor(deltas[e][vertex_index], "VEC3", bounds=True)}
+        target = {"POSITION": builder.accessor(position_deltas[e], "VEC3", bounds=(lows[e], highs[e]))}
         if morph_normals:
-            target["NORMAL"] = builder.accessor(normal_deltas[e][vertex_index].astype(np.float32), "VEC3")
+            target["NORMAL"] = builder.accessor(normal_deltas[e], "VEC3")
         targets.append(target)
 
     image_view = builder.view(texture_png if texture_png is not None else encode_png(result.texture))
@@ -337,9 +368,9 @@ def glb_document(
         "images": [{"name": "texture", "bufferView": image_view, "mimeType": "image/png"}],
         "accessors": builder.accessors,
         "bufferViews": builder.buffer_views,
-        "buffers": [{"byteLength": len(builder.data)}],
+        "buffers": [{"byteLength": builder.length}],
     }
-    return document, bytes(builder.data)
+    return document, builder
 
 
 def export_glb(
@@ -350,8 +381,8 @@ def export_glb(
     path = Path(path)
     if path.suffix.lower() != ".glb":
         raise OutputError(f"{path}: a glTF binary export needs a name ending in .glb")
-    document, binary = glb_document(result, morph_normals=morph_normals, texture_png=texture_png)
-    payload = _glb_bytes(document, binary)
+    document, builder = _glb_document(result, morph_normals=morph_normals, texture_png=texture_png)
+    payload = _glb_bytes(document, builder.parts, builder.length)
     with atomic_file(path, force=force) as tmp:
         tmp.write_bytes(payload)
     log.info(
