@@ -97,29 +97,59 @@ def morph_normal_deltas(
     neutral: np.ndarray, deltas: np.ndarray, faces: np.ndarray, neutral_normals: np.ndarray
 ) -> np.ndarray:
     """(E, V, 3) float64: ``vertex_normals(neutral + deltas[e]) - neutral_normals`` for each
-    expression, the same numbers as computing it so, in a third of the time.
+    expression, the same numbers as computing it so, in half the time.
 
     A vertex's normal changes only if a face around it has a moving vertex. An expression
     moves a fifth of the head's vertices (the brows, the jaw), so its normals are computed on
-    the faces around the affected vertices only, in the original order (the same sums to the
-    last bit); every other vertex's delta is exactly zero, as it was when computed."""
+    the faces around the affected vertices only, in the original order and with np.cross's
+    arithmetic (the same sums to the last bit); every other vertex's delta is exactly zero, as
+    it was when computed. Coordinates are kept as contiguous rows (3, V): numpy is several
+    times slower on the strided columns of (V, 3)."""
     neutral = np.asarray(neutral, dtype=np.float64)
     faces = np.asarray(faces)
+    deltas = np.asarray(deltas)
+    count, num_vertices = len(deltas), len(neutral)
+    out = np.zeros((count, 3, num_vertices))
+    if count == 0 or len(faces) == 0:
+        return out.transpose(0, 2, 1)
     corners = [np.ascontiguousarray(faces[:, k]) for k in range(3)]
-    nonzero = np.asarray(deltas) != 0
-    moving = nonzero[..., 0] | nonzero[..., 1] | nonzero[..., 2]  # (E, V)
-    out = np.zeros((len(deltas), *neutral.shape))
-    for e, delta in enumerate(deltas):
-        # (a | b | c rather than any(axis=1): numpy's reduction over 3 booleans is 10x slower)
-        moved_faces = moving[e, corners[0]] | moving[e, corners[1]] | moving[e, corners[2]]
-        affected = np.zeros(len(neutral), dtype=bool)
-        affected[faces[moved_faces]] = True
-        if not affected.any():
+
+    def any_corner(per_vertex: np.ndarray) -> np.ndarray:  # (E, V) -> (E, F)
+        return np.take(per_vertex, corners[0], axis=1) | np.take(per_vertex, corners[1], axis=1) \
+            | np.take(per_vertex, corners[2], axis=1)
+
+    nonzero = deltas != 0
+    moved_faces = any_corner(nonzero[..., 0] | nonzero[..., 1] | nonzero[..., 2])
+    # affected: the corners of moved faces, as an OR over each vertex's faces (corners by vertex)
+    flat = faces.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    starts = np.flatnonzero(np.r_[True, flat[order][1:] != flat[order][:-1]])
+    affected = np.zeros((count, num_vertices), dtype=bool)
+    affected[:, flat[order][starts]] = np.logical_or.reduceat(
+        np.take(moved_faces, order // 3, axis=1), starts, axis=1)
+    around = any_corner(affected)
+
+    neutral_rows = np.ascontiguousarray(neutral.T)
+    normal_rows = np.ascontiguousarray(np.asarray(neutral_normals, dtype=np.float64).T)
+    delta_rows = np.ascontiguousarray(deltas.transpose(0, 2, 1))
+    for e in range(count):
+        mask = affected[e]
+        if not mask.any():
             continue
-        around = faces[affected[corners[0]] | affected[corners[1]] | affected[corners[2]]]
-        sums = _normal_sums(neutral + delta, around, len(neutral))[affected]
-        out[e, affected] = _unit(sums) - neutral_normals[affected]
-    return out
+        ring = faces[around[e]]
+        moved = neutral_rows + delta_rows[e]
+        p0, p1, p2 = (np.take(moved, ring[:, k], axis=1) for k in range(3))
+        a, b = p1 - p0, p2 - p0
+        cross = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+        # as _normal_sums: each face's normal summed into its corners, in the faces' order
+        keys = ring.reshape(-1)
+        sums = [np.bincount(keys, weights=np.repeat(c, 3), minlength=num_vertices)[mask] for c in cross]
+        length = np.sqrt(sums[0] * sums[0] + sums[1] * sums[1] + sums[2] * sums[2])
+        ok = length > 0
+        safe = np.where(ok, length, 1.0)
+        for axis, unused in enumerate((0.0, 0.0, 1.0)):  # as _unit: a vertex with no area gets +z
+            out[e, axis, mask] = np.where(ok, sums[axis] / safe, unused) - normal_rows[axis, mask]
+    return out.transpose(0, 2, 1)
 
 
 def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> np.ndarray:
