@@ -97,7 +97,15 @@ def morph_normal_deltas(
     neutral: np.ndarray, deltas: np.ndarray, faces: np.ndarray, neutral_normals: np.ndarray
 ) -> np.ndarray:
     """(E, V, 3) float64: ``vertex_normals(neutral + deltas[e]) - neutral_normals`` for each
-    expression, the same numbers as computing it so, in half the time.
+    expression, the same numbers as computing it so, in half the time (see
+    ``_morph_normal_rows``)."""
+    return _morph_normal_rows(neutral, deltas, faces, neutral_normals).transpose(0, 2, 1)
+
+
+def _morph_normal_rows(
+    neutral: np.ndarray, deltas: np.ndarray, faces: np.ndarray, neutral_normals: np.ndarray
+) -> np.ndarray:
+    """``morph_normal_deltas`` as (E, 3, V) rows, the layout it is computed in.
 
     A vertex's normal changes only if a face around it has a moving vertex. An expression
     moves a fifth of the head's vertices (the brows, the jaw), so its normals are computed on
@@ -111,7 +119,7 @@ def morph_normal_deltas(
     count, num_vertices = len(deltas), len(neutral)
     out = np.zeros((count, 3, num_vertices))
     if count == 0 or len(faces) == 0:
-        return out.transpose(0, 2, 1)
+        return out
     corners = [np.ascontiguousarray(faces[:, k]) for k in range(3)]
 
     def any_corner(per_vertex: np.ndarray) -> np.ndarray:  # (E, V) -> (E, F)
@@ -149,7 +157,7 @@ def morph_normal_deltas(
         safe = np.where(ok, length, 1.0)
         for axis, unused in enumerate((0.0, 0.0, 1.0)):  # as _unit: a vertex with no area gets +z
             out[e, axis, mask] = np.where(ok, sums[axis] / safe, unused) - normal_rows[axis, mask]
-    return out.transpose(0, 2, 1)
+    return out
 
 
 def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -291,9 +299,8 @@ def _glb_document(
     position_deltas = np.take(result.expression_deltas, vertex_index, axis=1)
     lows, highs = _bounds(position_deltas)
     if morph_normals:
-        normal_deltas = np.take(morph_normal_deltas(
-            result.neutral_vertices, result.expression_deltas, result.faces, neutral_normals
-        ), vertex_index, axis=1).astype(np.float32)
+        rows = _morph_normal_rows(result.neutral_vertices, result.expression_deltas, result.faces, neutral_normals)
+        normal_deltas = np.take(rows, vertex_index, axis=2).transpose(0, 2, 1).astype(np.float32, order="C")
     for e in range(len(result.expression_names)):
         target = {"POSITION": builder.accessor(position_deltas[e], "VEC3", bounds=(lows[e], highs[e]))}
         if morph_normals:
