@@ -26,7 +26,7 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -579,9 +579,16 @@ def atomic_file(target: Path | str, *, force: bool = False) -> Iterator[Path]:
             _remove_empty(created_parents)
 
 
-def write_npz(file: Path | BinaryIO, arrays: Mapping[str, Any], compressed: bool = True, level: int | None = None) -> None:
+def write_npz(
+    file: Path | BinaryIO,
+    arrays: Mapping[str, Any],
+    compressed: bool = True,
+    level: int | None = None,
+    stored: Collection[str] = (),
+) -> None:
     """Write ``arrays`` as an ``.npz`` that ``numpy.load`` reads (no pickles); ``level``: the
-    zlib level when compressed (None: zlib's default, as ``np.savez_compressed``).
+    zlib level when compressed (None: zlib's default, as ``np.savez_compressed``); ``stored``:
+    names kept uncompressed even so (arrays that barely compress, where deflating only costs).
 
     ``np.savez`` leaves its zip file open when a write fails (a full disk), and the zip's
     ``__del__`` later fails again and prints a second traceback; here every file is closed
@@ -594,8 +601,12 @@ def write_npz(file: Path | BinaryIO, arrays: Mapping[str, Any], compressed: bool
         handle = file if not isinstance(file, (str, Path)) else stack.enter_context(open(file, "wb"))
         archive = stack.enter_context(zipfile.ZipFile(handle, "w", compression=method, compresslevel=level))
         for name, value in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            member: str | zipfile.ZipInfo = f"{name}.npy"
+            if name in stored:
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=time.localtime(time.time())[:6])
+                member.compress_type = zipfile.ZIP_STORED
+            with archive.open(member, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.asanyarray(value), allow_pickle=False)
 
 
 def atomic_savez(target: Path | str, arrays: dict[str, Any], compressed: bool = False) -> Path:
