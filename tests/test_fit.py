@@ -246,3 +246,38 @@ def test_exif_focal_length_sets_the_camera(grace_path: Path, tmp_path: Path, rec
     face, fit = reconstructor.fit_landmark_stage(photo)
     assert float(fit.pose.focal[0]) == pytest.approx(expected, rel=1e-6)
     assert float(fit.error_iod[0]) <= 0.03
+
+
+def test_landmark_solve_recovers_a_head_from_a_far_start():
+    """GANFit++'s Gauss-Newton start (``solve_landmarks``): from a start far from the truth (a
+    shared identity offset of 1 std, as the regression network gives, wrong expressions, a
+    turned and shifted pose) it lands near the head that made the landmarks, for two photos of
+    one person, keeping expressions in range."""
+    from ganfit.fit.landmark_stage import interocular, solve_landmarks
+
+    model = load_default_shape_model()
+    g = torch.Generator().manual_seed(3)
+    ki, ke = model.num_identity, model.num_expression
+    truth_id = torch.randn(1, ki, generator=g) * 0.3
+    truth_exp = torch.rand(2, ke, generator=g) * 0.2
+    truth = HeadPose(rotation=torch.tensor([[0.0, 0.3, 0.0], [0.1, -0.2, 0.0]]), offset=torch.tensor([[0.02, -0.01], [0.0, 0.03]]),
+                     log_depth=torch.log(torch.tensor([0.9, 1.2])), focal=torch.tensor([1.5, 1.5]))
+    sizes = torch.tensor([[400.0, 400.0], [500.0, 300.0]])
+    points = model.vertices(truth_id.expand(2, -1) * model.identity_std, truth_exp, indices=model.landmark_indices)
+    landmarks = torch.stack([truth.camera().view(b).project(points[b:b + 1], *sizes[b].tolist())[0, :, :2] for b in range(2)])
+    start = HeadPose(truth.rotation + 0.08, truth.offset + 0.02, truth.log_depth + 0.05, truth.focal)
+
+    def error(pose: HeadPose, identity: torch.Tensor, expression: torch.Tensor) -> float:
+        marks = model.vertices(identity.expand(2, -1) * model.identity_std, expression, indices=model.landmark_indices)
+        projected = torch.stack([pose.camera().view(b).project(marks[b:b + 1], *sizes[b].tolist())[0, :, :2] for b in range(2)])
+        return float(((projected - landmarks).norm(dim=-1).mean(-1) / interocular(landmarks)).mean())
+
+    start_id, start_exp = truth_id + 1.0, (truth_exp + 0.3).clamp(0, 1)
+    pose, identity, expression = solve_landmarks(model, landmarks, sizes, start, start_id, start_exp,
+                                                 landmark_weight=50.0, identity_prior_weight=2e-4, expression_prior_weight=1e-4)
+    assert error(start, start_id, start_exp) > 0.05
+    assert error(pose, identity, expression) < 0.01  # within 1% of the eye-corner distance
+    assert float((identity - truth_id).square().mean().sqrt()) < 0.5  # the offset of 1 std mostly gone
+    assert float((pose.rotation - truth.rotation).abs().max()) < 0.03
+    assert bool(((expression >= model.expression_min) & (expression <= model.expression_max)).all())
+    assert identity.shape == (1, ki) and expression.shape == (2, ke) and pose.log_depth.shape == (2,)

@@ -35,7 +35,7 @@ from ..face.dlib_identity import DlibIdentity
 from ..render import Camera, PointLight
 from .appearance_stage import FaceCrop, fit_lighting
 from .joint_stage import PhotoTarget, fit_joint, prepare_target, refine_texture
-from .landmark_stage import LandmarkFit, fit_landmarks
+from .landmark_stage import LandmarkFit, fit_landmarks, solve_landmarks
 from .pose import HeadPose
 from .progress import ProgressEvent, ProgressFn, no_progress
 from .settings import FitSettings
@@ -404,7 +404,19 @@ class Reconstructor:
                 light = _cat_lights([p.point_light() for p in picked])
                 identity = torch.cat([p.identity for p in picked]).mean(0, keepdim=True)
                 starts.append(_Start(pose, identity, torch.cat([p.expression for p in picked]), light, {}))
+        if self._fits():  # GANFit++: from the network's output to the landmark terms' nearest minimum
+            with self.timings.timed("landmark fit"):
+                starts = [self._solve_landmarks(person, start) for person, start in zip(people, starts)]
         return starts
+
+    def _solve_landmarks(self, person: "_Prepared", start: "_Start") -> "_Start":
+        joint = self.settings.joint
+        targets = person.targets
+        sizes = torch.tensor([t.size for t in targets], dtype=self.dtype, device=self.device)
+        pose, identity, expression = solve_landmarks(
+            self.model, torch.cat([t.landmarks for t in targets]), sizes, start.pose, start.identity,
+            start.expression, joint.landmark_weight, joint.identity_prior_weight, joint.expression_prior_weight)
+        return _Start(pose, identity, expression, start.light, start.losses)
 
     def _uv_texels(self, size: int) -> UVTexels:
         """The UV layout rasterised at ``size`` (the same for every photo), kept for reuse."""
