@@ -275,8 +275,9 @@ def project_photo_to_uv(
     total = own_w + mir_w
     colour = (own_c * own_w[:, None] + mir_c * mir_w[:, None]) / total.clamp_min(1e-8)[:, None]
 
-    image = frags_to_image(sampler.fragments, colour, size)
-    conf = frags_to_image(sampler.fragments, total[:, None].clamp(0, 1), size)
+    # one scatter for colour and confidence
+    image, conf = frags_to_image(sampler.fragments, torch.cat([colour, total[:, None].clamp(0, 1)], -1), size).split(
+        [colour.shape[-1], 1])
     filled = push_pull_fill(image, conf)
     coverage = float((conf > 0).float().mean())
     log.debug("UV projection: %.1f%% of texels observed", 100 * coverage)
