@@ -167,21 +167,38 @@ def parse_glb(data: bytes) -> tuple[dict[str, Any], bytes]:
     return document, binary
 
 
+def _read_view(document: dict[str, Any], binary: bytes, view_index: int, dtype: np.dtype, count: int,
+               offset: int = 0) -> np.ndarray:
+    view = document["bufferViews"][view_index]
+    start = view["byteOffset"] + offset
+    assert start % 4 == 0 and view["byteOffset"] + view["byteLength"] <= document["buffers"][0]["byteLength"]
+    assert count * dtype.itemsize <= view["byteLength"]
+    return np.frombuffer(binary, dtype, count=count, offset=start)
+
+
 def read_accessor(document: dict[str, Any], binary: bytes, index: int) -> np.ndarray:
-    """Decode one accessor, checking bounds, alignment and (where given) min/max."""
+    """Decode one accessor (dense, or sparse over zeros), checking bounds, alignment and
+    (where given) min/max."""
     accessor = document["accessors"][index]
-    view = document["bufferViews"][accessor["bufferView"]]
     dtype = np.dtype(_COMPONENTS[accessor["componentType"]])
     width = _WIDTHS[accessor["type"]]
-    offset = view["byteOffset"] + accessor.get("byteOffset", 0)
-    assert (
-        offset % 4 == 0
-        and view["byteOffset"] + view["byteLength"] <= document["buffers"][0]["byteLength"]
-    )
-    assert accessor["count"] * width * dtype.itemsize <= view["byteLength"]
-    array = np.frombuffer(binary, dtype, count=accessor["count"] * width, offset=offset).reshape(
-        accessor["count"], width
-    )
+    count = accessor["count"]
+    if "bufferView" in accessor:
+        array = _read_view(document, binary, accessor["bufferView"], dtype, count * width,
+                           accessor.get("byteOffset", 0)).reshape(count, width)
+    else:  # glTF: an accessor without a buffer view holds zeros
+        array = np.zeros((count, width), dtype)
+    if "sparse" in accessor:
+        sparse = accessor["sparse"]
+        # a sparse accessor's views are not vertex buffers
+        assert all("target" not in document["bufferViews"][part["bufferView"]]
+                   for part in (sparse["indices"], sparse["values"]))
+        rows = _read_view(document, binary, sparse["indices"]["bufferView"],
+                          np.dtype(_COMPONENTS[sparse["indices"]["componentType"]]), sparse["count"])
+        assert sparse["count"] >= 1 and np.all(np.diff(rows.astype(np.int64)) > 0) and rows[-1] < count
+        array = array.copy()
+        array[rows] = _read_view(document, binary, sparse["values"]["bufferView"], dtype,
+                                 sparse["count"] * width).reshape(-1, width)
     if "min" in accessor:
         assert (
             accessor["min"] == array.min(axis=0).tolist()
@@ -233,10 +250,16 @@ def test_glb_is_valid_and_holds_the_mesh(
     assert mesh["extras"]["targetNames"] == recon.expression_names
     assert mesh["weights"] == [float(w) for w in recon.expression_weights]
     fitted = positions.astype(np.float64)
-    for weight, target in zip(mesh["weights"], targets, strict=True):
+    neutral_normals = vertex_normals(recon.neutral_vertices, recon.faces)
+    normal_deltas = morph_normal_deltas(recon.neutral_vertices, recon.expression_deltas, recon.faces,
+                                        neutral_normals)
+    for e, (weight, target) in enumerate(zip(mesh["weights"], targets, strict=True)):
         assert "min" in document["accessors"][target["POSITION"]]
-        fitted += weight * read_accessor(document, binary, target["POSITION"])
-        assert read_accessor(document, binary, target["NORMAL"]).shape == (count, 3)
+        delta = read_accessor(document, binary, target["POSITION"])
+        assert np.array_equal(delta, recon.expression_deltas[e][vertex_index])
+        fitted += weight * delta
+        normal = read_accessor(document, binary, target["NORMAL"])
+        assert np.array_equal(normal, normal_deltas[e][vertex_index].astype(np.float32))
     assert np.allclose(fitted, recon.vertices[vertex_index], atol=1e-6)
 
     # the embedded texture is the UV texture, row 0 still v = 1 (= glTF v 0)
@@ -303,6 +326,30 @@ def test_glb_without_expressions(tmp_path: Path, recon: Reconstruction) -> None:
         "targets" not in document["meshes"][0]["primitives"][0]
         and "weights" not in document["meshes"][0]
     )
+
+
+def test_glb_stores_sparse_targets_sparsely(tmp_path: Path, recon: Reconstruction) -> None:
+    """A target that moves few vertices is a sparse accessor, one that moves none has no data
+    at all, a dense one stays dense; all decode to exactly the deltas."""
+    deltas = recon.expression_deltas.copy()
+    deltas[0, 3:] = 0  # moves 3 of the 24 vertices
+    deltas[1] = 0  # moves nothing
+    vertices = recon.neutral_vertices + np.einsum("e,evc->vc", recon.expression_weights, deltas)
+    sparse = Reconstruction(**{**recon.__dict__, "expression_deltas": deltas, "vertices": vertices})
+    document, binary = parse_glb(export_glb(sparse, tmp_path / "sparse.glb").read_bytes())
+    targets = document["meshes"][0]["primitives"][0]["targets"]
+    few, none, dense = (document["accessors"][target["POSITION"]] for target in targets)
+    assert "sparse" in few and "bufferView" not in few
+    assert "sparse" not in none and "bufferView" not in none
+    assert "sparse" not in dense and "bufferView" in dense
+    assert "sparse" in document["accessors"][targets[0]["NORMAL"]]
+    vertex_index, _, _ = split_uv_seams(sparse.faces, sparse.uv_faces)
+    normal_deltas = morph_normal_deltas(sparse.neutral_vertices, deltas, sparse.faces,
+                                        vertex_normals(sparse.neutral_vertices, sparse.faces))
+    for e, target in enumerate(targets):
+        assert np.array_equal(read_accessor(document, binary, target["POSITION"]), deltas[e][vertex_index])
+        assert np.array_equal(read_accessor(document, binary, target["NORMAL"]),
+                              normal_deltas[e][vertex_index].astype(np.float32))
 
 
 def test_glb_refuses_to_overwrite_without_force(tmp_path: Path, recon: Reconstruction) -> None:
