@@ -99,8 +99,9 @@ def overlay(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.n
     return out.clip(0, 255).astype(np.uint8)
 
 
-def contact_sheet(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, height: int = 300) -> None:
-    """Public photos only: photo | predicted classes | labelled classes, cropped to the head."""
+def contact_sheet(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path, height: int = 240) -> None:
+    """Public photos only: photo | predicted classes | labelled classes, cropped to the head; a
+    256-colour PNG to stay small in the docs."""
     from PIL import Image
 
     rows = []
@@ -116,7 +117,7 @@ def contact_sheet(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: 
     width = max(r.shape[1] for r in rows)
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).save(path, optimize=True) if path.suffix.lower() == ".png" else Image.fromarray(sheet).save(path, quality=88)
+    Image.fromarray(sheet).quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def replace_block(path: Path, name: str, block: list[str]) -> None:

@@ -16,8 +16,8 @@ from ganfit.texture.segmentation import HAIR, HEADWEAR_OR_GLASSES, OTHER, SKIN, 
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "segmentation_iou.py"
 #: Skin IoU against the committed polygons as measured when the test was written (grace_hopper
-#: 0.60, astronaut 0.68), less a margin for other OpenCV builds.
-MIN_SKIN_IOU = {"grace_hopper": 0.55, "astronaut": 0.62}
+#: 0.705, astronaut 0.712), less a margin for other OpenCV builds.
+MIN_SKIN_IOU = {"grace_hopper": 0.65, "astronaut": 0.66}
 
 
 def _benchmark():
