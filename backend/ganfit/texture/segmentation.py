@@ -33,7 +33,8 @@ Method (OpenCV, no trained network; measured in docs/texture-segmentation.md):
    bridge between the eyes (glasses): those are headwear or glasses.
 
 The work is done on a crop around the face scaled to at most ``WORK_SIZE`` pixels a side, so a
-call costs about the same on any photo (~50 ms), and the label map is scaled back.
+call costs about the same on any photo (0.1-0.3 s on one core), and the label map is scaled
+back.
 """
 
 from __future__ import annotations
