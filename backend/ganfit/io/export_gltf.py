@@ -128,21 +128,19 @@ def _morph_normal_rows(
 
     nonzero = deltas != 0
     moved_faces = any_corner(nonzero[..., 0] | nonzero[..., 1] | nonzero[..., 2])
-    # affected: the corners of moved faces, as an OR over each vertex's faces (corners by vertex)
-    flat = faces.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    starts = np.flatnonzero(np.r_[True, flat[order][1:] != flat[order][:-1]])
+    # affected: the corners of moved faces (set, so a corner listed twice does no harm)
+    expression, face = np.nonzero(moved_faces)
     affected = np.zeros((count, num_vertices), dtype=bool)
-    affected[:, flat[order][starts]] = np.logical_or.reduceat(
-        np.take(moved_faces, order // 3, axis=1), starts, axis=1)
+    for corner in corners:
+        affected.reshape(-1)[expression * num_vertices + corner[face]] = True
     around = any_corner(affected)
 
     neutral_rows = np.ascontiguousarray(neutral.T)
     normal_rows = np.ascontiguousarray(np.asarray(neutral_normals, dtype=np.float64).T)
     delta_rows = np.ascontiguousarray(deltas.transpose(0, 2, 1))
     for e in range(count):
-        mask = affected[e]
-        if not mask.any():
+        where = np.flatnonzero(affected[e])
+        if not len(where):
             continue
         ring = faces[around[e]]
         moved = neutral_rows + delta_rows[e]
@@ -151,12 +149,12 @@ def _morph_normal_rows(
         cross = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
         # as _normal_sums: each face's normal summed into its corners, in the faces' order
         keys = ring.reshape(-1)
-        sums = [np.bincount(keys, weights=np.repeat(c, 3), minlength=num_vertices)[mask] for c in cross]
+        sums = [np.bincount(keys, weights=np.repeat(c, 3), minlength=num_vertices).take(where) for c in cross]
         length = np.sqrt(sums[0] * sums[0] + sums[1] * sums[1] + sums[2] * sums[2])
         ok = length > 0
         safe = np.where(ok, length, 1.0)
         for axis, unused in enumerate((0.0, 0.0, 1.0)):  # as _unit: a vertex with no area gets +z
-            out[e, axis, mask] = np.where(ok, sums[axis] / safe, unused) - normal_rows[axis, mask]
+            out[e, axis, where] = np.where(ok, sums[axis] / safe, unused) - normal_rows[axis].take(where)
     return out
 
 
