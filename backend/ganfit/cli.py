@@ -78,6 +78,10 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--clean-texture", action="store_true", default=None,
                      help="outside the face outline keep the photo only where it looks like skin: no background, "
                           "hats or hair on ears, temples and scalp (dlib finds the render a little less like the photo)")
+    rec.add_argument("--texture-source", default=None, metavar="photo|blend",
+                     help="where the albedo comes from: 'photo' (default: the photo projected onto the head, seen "
+                          "hair and hats included) or 'blend' (the photo where it shows skin seen squarely, the "
+                          "texture model fitted to that skin elsewhere, blended with no seam; docs/fitting.md)")
     rec.add_argument("--seed", default=None, help="random seed, 0 to 4294967295 (default 0)")
     rec.add_argument("--face", default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")
@@ -129,6 +133,7 @@ def _settings(args: argparse.Namespace):
     if others and mode is None:
         mode = "ganfit"  # the default mode's network knows only the default head and identity network
     given.update(device=args.device, clean_texture=args.clean_texture, texture_model=args.texture_model,
+                 texture_source=args.texture_source,
                  mode=mode, regressor=args.regressor)
     if args.loss_weight:
         given["loss_weights"] = parse_loss_weights(args.loss_weight)

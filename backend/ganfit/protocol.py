@@ -39,6 +39,12 @@ GANFIT_ONLY: tuple[str, ...] = UNUSED_BY_MODE["ganfit++"]
 #: GANFit++'s full-objective steps when none are given: a third of GANFit's 60, which the
 #: convergence benchmark measured enough to reach GANFit's final objective (docs/regressor.md).
 GANFIT_PLUS_FIT_STEPS = 20
+#: Where the final albedo comes from (``--texture-source``, the request's ``texture_source``):
+#: "photo" is the photo projected into UV, seen hair and hats included (the "keep hair" look);
+#: "blend" keeps the photo where it shows skin seen squarely and takes the texture model,
+#: fitted to that skin, everywhere else (docs/fitting.md).
+TEXTURE_SOURCES = ("photo", "blend")
+DEFAULT_TEXTURE_SOURCE = "photo"
 #: The terms of the shipped regression network (modes fast and ganfit++): those of its data.
 REGRESSOR_LICENCE = "UTKFace: non-commercial research purposes only (https://susanqq.github.io/UTKFace/)"
 

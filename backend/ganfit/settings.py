@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from .errors import GanfitError
 from .fit.settings import FitSettings
-from .protocol import DEFAULT_MODE, GANFIT_ONLY, GANFIT_PLUS_FIT_STEPS, MODES, UNUSED_BY_MODE  # stdlib only, shared with the add-on
+from .protocol import (DEFAULT_MODE, GANFIT_ONLY, GANFIT_PLUS_FIT_STEPS, MODES,  # stdlib only, shared with the add-on
+                       TEXTURE_SOURCES, UNUSED_BY_MODE)
 
 __all__ = ["OPTIONS", "LOSS_TERMS", "Source", "build_settings", "option_name", "parse_loss_weights"]
 
@@ -87,7 +88,7 @@ OPTIONS: dict[str, NumberOption] = {
 }
 
 #: Options that are not numbers, and the request-only fields that are not options.
-OTHER_OPTIONS = ("device", "clean_texture", "texture_model", "loss_weights", "mode", "regressor")
+OTHER_OPTIONS = ("device", "clean_texture", "texture_source", "texture_model", "loss_weights", "mode", "regressor")
 
 
 
@@ -201,6 +202,16 @@ def build_settings(options: Any, source: Source) -> FitSettings:
         if not isinstance(clean, bool):
             raise GanfitError(f"{option_name('clean_texture', source)}: expected true or false, got {_show(clean)}")
         settings = _set(settings, "appearance.skin_only_outside_face", clean)
+    if "texture_source" in options:
+        source_name = options["texture_source"]
+        if not isinstance(source_name, str) or source_name not in TEXTURE_SOURCES:
+            raise GanfitError(f"{option_name('texture_source', source)} {_quote(source_name, source)}: "
+                              f"expected {' or '.join(TEXTURE_SOURCES)}")
+        settings = _set(settings, "appearance.texture_source", source_name)
+    blend = settings.appearance.texture_source == "blend"
+    if blend and settings.appearance.skin_only_outside_face:
+        raise GanfitError(f"{option_name('clean_texture', source)}: {option_name('texture_source', source)} blend "
+                          "already keeps the photo only where it shows skin: drop one of the two")
     texture_model = options.get("texture_model")
     if texture_model is not None and (not isinstance(texture_model, str) or not texture_model or "\0" in texture_model):
         raise GanfitError(f"{option_name('texture_model', source)}: expected 'gan', 'projected' or the path of a "
@@ -209,6 +220,9 @@ def build_settings(options: Any, source: Source) -> FitSettings:
     if settings.appearance.skin_only_outside_face and with_model:
         raise GanfitError(f"{option_name('clean_texture', source)} cleans the photo projected onto the head; "
                           "a texture model makes its own texture: drop one of the two")
+    if settings.joint.texture_refine_steps and blend:
+        raise GanfitError(f"{option_name('texture_refine_steps', source)}: refines a texture model's map, which "
+                          f"{option_name('texture_source', source)} blend replaces by its own; drop one of the two")
     if settings.joint.texture_refine_steps and not with_model:
         raise GanfitError(f"{option_name('texture_refine_steps', source)}: refines a texture model's map; "
                           f"give {option_name('texture_model', source)} too, or drop it")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..errors import GanfitError
+from ..errors import GanfitError, InputImageError
 from ..face.detection import DetectedFace, FaceDetector, default_detector, find_face
 from ..io.images import Photo, load_photo
 from ..io.result import CameraParams, LightParams, Reconstruction
@@ -27,6 +27,7 @@ from ..models.shape_model import ShapeModel, load_default_shape_model
 if TYPE_CHECKING:
     from ..face.identity import IdentityNetwork
     from ..regress.encoder import RegressionEncoder
+    from ..texture.blend import TextureFitter
     from ..texture.model import TextureModel
 from ..render import MeshRenderer
 from ..threads import apply_threads
@@ -108,6 +109,8 @@ class Reconstructor:
         self._texture_models: dict[str, "TextureModel"] = {}
         self._regressor: "RegressionEncoder | None" = None
         self._texels: dict[int, UVTexels] = {}
+        self._fitters: dict[str, "TextureFitter"] = {}
+        self._charts: dict[int, torch.Tensor] = {}
         #: Seconds per stage of the last reconstruction (detection, landmarks, identity network,
         #: regression, landmark fit, lighting, fitting, texture): the speed benchmarks read it.
         self.timings = Timings()
@@ -273,6 +276,7 @@ class Reconstructor:
         # Without a texture model the projection is the fit's fixed texture, so a fit-less mode skips it.
         project = getattr(texture_model, "project", None)
         latent = None
+        blend_model = ""
         with timings.timed("texture"):
             if (texture_model is None and use_identity) or callable(project):
                 size = texture_model.resolution if texture_model is not None else min(app.texture_size, 1024)
@@ -298,7 +302,10 @@ class Reconstructor:
             vertices = self.model.vertices(identity.expand(count, -1) * id_std, expression)
             neutral = self.model.vertices(identity * id_std, torch.zeros_like(expression[:1]))
             camera = pose.camera()
-            if texture_model is not None and latent is not None:
+            if app.texture_source == "blend":
+                texture, blend_model = self._blended_texture(prepared, vertices, camera, light, app.texture_size,
+                                                             texture_model, latent)
+            elif texture_model is not None and latent is not None:
                 decoded = texture_model.decode(latent)
                 if joint.texture_refine_steps > 0 and use_identity:
                     with torch.enable_grad():
@@ -350,7 +357,9 @@ class Reconstructor:
             texture=_to_image(texture.image),
             preview=_to_image(preview),
             shape_model=self.model.name,
-            texture_model=TEXTURE_MODEL if texture_model is None else _texture_model_name(texture_model, settings.texture_model)
+            texture_model=(_blend_name(blend_model) if app.texture_source == "blend"
+                           else TEXTURE_MODEL if texture_model is None
+                           else _texture_model_name(texture_model, settings.texture_model))
             + (f" + per-texel refinement ({joint.texture_refine_steps} steps)" if "refine_total" in losses else ""),
             engine_version=__version__,
             losses=losses,
@@ -430,6 +439,52 @@ class Reconstructor:
 
         return str(self.settings.regressor or SHIPPED_REGRESSOR.name)
 
+    def _blended_texture(
+        self, prepared: "_Prepared", vertices: torch.Tensor, camera: Camera, light: PointLight, size: int,
+        texture_model: "TextureModel | None", latent: torch.Tensor | None,
+    ) -> tuple[UVTexture, str]:
+        """``texture_source="blend"`` (texture/blend.py): each photo projected with its skin
+        segmentation as weight, merged (eq. 14), and blended with the texture model fitted to it
+        (the settings' model when one is given, else the shipped GAN). Returns the texture and
+        the model's file name."""
+        from ..texture.blend import BlendSettings, chart_mask, photo_skin_texture, skin_mask
+        from ..texture.segmentation import segment_photo
+
+        settings = BlendSettings()
+        texels = self._uv_texels(size)
+        textures = []
+        for i, (photo, face, px) in enumerate(zip(prepared.photos, prepared.faces, prepared.pixels)):
+            with self.timings.timed("texture segmentation"):  # (also counted in "texture")
+                try:
+                    skin = skin_mask(segment_photo(np.asarray(photo.pixels), face.landmarks).skin, face.landmarks,
+                                     settings.edge_softness)
+                except InputImageError as exc:  # a face cut off far past the photo's edge
+                    log.warning("%s: no skin segmentation (%s); the texture keeps all it sees", photo.name, exc)
+                    skin = torch.ones(px.shape[-2:])
+            textures.append(photo_skin_texture(px, skin, vertices[i], self.model.faces, camera.view(i),
+                                               self.mirror_index, texels, size, light.view(i)))
+        path = self.settings.texture_model
+        if texture_model is None:
+            from ..texture.model import resolve_texture_model
+
+            path = resolve_texture_model("gan")
+            assert path is not None
+            if path not in self._texture_models:
+                from ..texture.model import load_texture_model
+
+                self._texture_models[path] = load_texture_model(path, device=self.device)
+            texture_model = self._texture_models[path]
+        assert path is not None
+        if path not in self._fitters:
+            from ..texture.blend import TextureFitter
+
+            self._fitters[path] = TextureFitter(texture_model, settings)
+        if size not in self._charts:
+            self._charts[size] = chart_mask(texels, size)
+        from ..texture.blend import blend_texture
+
+        return blend_texture(merge_textures(textures), self._fitters[path], self._charts[size], latent), Path(path).name
+
     def _texture(
         self, pixels: list[torch.Tensor], vertices: torch.Tensor, camera: Camera, light: PointLight, size: int,
         outlines: list[np.ndarray] | None = None,
@@ -446,6 +501,12 @@ class Reconstructor:
             for i, px in enumerate(pixels)
         ]
         return merge_textures(textures)
+
+
+def _blend_name(model_file: str) -> str:
+    """How result.json names the blended texture."""
+    return (f"photo-projection where it shows skin seen squarely, blended with texture model {model_file} "
+            "fitted to that skin (weighted eq. 6; texture/blend.py)")
 
 
 def _texture_model_name(model: "TextureModel", path: str | None) -> str:

@@ -34,6 +34,11 @@ class AppearanceStageSettings:
     # the 22 identity photos dlib found the renders less like the photos (overlay 0.103 vs
     # 0.084, turned 25 degrees 0.314 vs 0.307; docs/fitting.md).
     skin_only_outside_face: bool = False
+    # Where the final albedo comes from (protocol.TEXTURE_SOURCES): "photo", the photo projected
+    # into UV (seen hair and hats painted onto the scalp: the "keep hair" look); "blend", the
+    # photo where it shows skin seen squarely, the texture model fitted to that skin elsewhere,
+    # blended with no seam (texture/blend.py; the shipped GAN unless a texture model is given).
+    texture_source: str = "photo"
     light_prior_weight: float = 0.01
 
 

@@ -1,0 +1,203 @@
+"""texture/blend.py: the photo where it shows skin seen squarely, the shipped GAN fitted to that
+skin elsewhere, blended band by band (issue 17, item 2). Real renderer, real dlib, real GAN."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganfit.cli import main
+from ganfit.errors import GanfitError
+from ganfit.fit.reconstruct import Reconstructor
+from ganfit.fit.settings import FitSettings
+from ganfit.fit.texture_projection import project_photo_to_uv
+from ganfit.render import Camera, PointLight
+from ganfit.settings import build_settings
+from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, chart_mask, fitted_model,
+                                  multiband_blend, photo_skin_texture, skin_mask)
+from ganfit.texture.model import SHIPPED_GAN, load_texture_model
+from ganfit.texture.segmentation import segment_photo
+
+SIZE = 256
+FAST = FitSettings(mode="fast")
+BLEND = replace(FAST, appearance=replace(FAST.appearance, texture_size=SIZE, texture_source="blend"))
+PHOTO = replace(FAST, appearance=replace(FAST.appearance, texture_size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def reconstructor(face_detector) -> Reconstructor:
+    return Reconstructor(BLEND, detector=face_detector)
+
+
+@pytest.fixture(scope="module")
+def grace(grace_path: Path, reconstructor: Reconstructor):
+    """grace_hopper reconstructed in fast mode with each texture source."""
+    blended = reconstructor.reconstruct(grace_path)
+    reconstructor.settings = PHOTO
+    try:
+        photo = reconstructor.reconstruct(grace_path)
+    finally:
+        reconstructor.settings = BLEND
+    return blended, photo
+
+
+@pytest.fixture(scope="module")
+def fitter() -> TextureFitter:
+    return TextureFitter(load_texture_model(SHIPPED_GAN))
+
+
+def _scene(result) -> tuple[torch.Tensor, Camera, PointLight]:
+    c, l = result.camera, result.light
+    camera = Camera(*(torch.as_tensor(np.asarray(v, np.float32))[None] for v in (c.position, c.look_at, c.up)),
+                    torch.tensor([c.focal], dtype=torch.float32))
+    light = PointLight(*(torch.as_tensor(np.asarray(v, np.float32))[None] for v in (l.position, l.colour, l.ambient)))
+    return torch.as_tensor(result.vertices, dtype=torch.float32), camera, light
+
+
+def test_multiband_blend_is_the_photo_where_w_is_1_and_the_model_where_0():
+    gen = torch.Generator().manual_seed(0)
+    photo, model = torch.rand(3, 128, 128, generator=gen), torch.rand(3, 128, 128, generator=gen)
+    weight = torch.zeros(1, 128, 128)
+    weight[..., :64] = 1
+    chart = torch.zeros(1, 128, 128)
+    chart[:, 16:112, 16:112] = 1  # a chart whose borders the weight must not drop at
+    out = multiband_blend(photo, model, weight, chart, levels=5)
+    inside = chart[0] > 0
+    # Away from the W = 0.5 line (2^levels texels: the coarsest band's reach) each side is itself,
+    # also along the chart's own borders.
+    left, right = inside.clone(), inside.clone()
+    left[:, 40:] = False
+    right[:, :88] = False
+    assert (out - photo)[:, left].abs().max() < 0.03
+    assert (out - model)[:, right].abs().max() < 0.03
+    # The transition is gradual: halfway at the line, within the two values.
+    assert (out[:, inside] - torch.minimum(photo, model)[:, inside]).min() > -0.1
+
+
+def _rendered_head(reconstructor: Reconstructor, result, foreign: bool):
+    """grace's fitted head rendered with a known albedo: the GAN's mean texture, its scalp band
+    painted dark blue when ``foreign`` (hair the segmentation would find)."""
+    vertices, camera, light = _scene(result)
+    model = load_texture_model(SHIPPED_GAN)
+    with torch.no_grad():
+        albedo = torch.nn.functional.interpolate(model.decode(model.initial_latent(1)), size=(SIZE, SIZE),
+                                                 mode="bilinear", align_corners=False)[0]
+    painted = torch.zeros(1, SIZE, SIZE)
+    painted[:, : SIZE // 10, SIZE // 4 : 3 * SIZE // 4] = 1  # the top of the face chart: forehead to scalp
+    if foreign:
+        albedo = albedo * (1 - painted) + torch.tensor([0.1, 0.12, 0.45])[:, None, None] * painted
+    width, height = result.camera.width, result.camera.height
+    render = reconstructor.renderer(vertices[None], albedo[None], camera, light, height, width)
+    # The "segmentation": skin wherever the render shows an unpainted texel.
+    flat = PointLight(light.position, torch.zeros(1, 3), torch.ones(1, 3))
+    shown = reconstructor.renderer(vertices[None], (1 - painted).expand(3, -1, -1)[None], camera, flat, height, width)
+    skin = (shown.image[0, 0] * render.mask[0, 0]).clamp(0, 1)
+    return render.image[0].clamp(0, 1), skin, albedo, painted, vertices, camera, light
+
+
+def test_skin_colour_comes_back_where_the_photo_shows_foreign_colour(
+        reconstructor: Reconstructor, grace, fitter: TextureFitter):
+    image, skin, albedo, painted, vertices, camera, light = _rendered_head(reconstructor, grace[0], foreign=True)
+    texels = reconstructor._uv_texels(SIZE)
+    args = (vertices, reconstructor.model.faces, camera, reconstructor.mirror_index, texels, SIZE, light)
+    photo = photo_skin_texture(image, skin, *args)
+    out = blend_texture(photo, fitter, chart_mask(texels, SIZE)).image
+    plain = project_photo_to_uv(image, vertices, reconstructor.model.faces, reconstructor.model.uvs,
+                                reconstructor.model.uv_faces, camera, reconstructor.mirror_index, SIZE, light,
+                                texels=texels).image
+    # The painted texels the photo saw, away from the band's edge.
+    core = torch.nn.functional.max_pool2d(1 - painted[None], 5, 1, 2)[0] < 0.5
+    seen = core & (plain.sub(torch.tensor([0.1, 0.12, 0.45])[:, None, None]).abs().amax(0, keepdim=True) < 0.15)
+    assert seen.sum() > 200, "the band was not in view: the test lost its meaning"
+    truth = (albedo * (1 - painted)).sum((1, 2)) / (1 - painted).sum()  # the skin colour around it
+    err_blend = (out[:, seen[0]].mean(1) - truth).abs().max()
+    err_plain = (plain[:, seen[0]].mean(1) - truth).abs().max()
+    assert err_plain > 0.3  # the photo projection paints the blue on
+    assert err_blend < 0.08, (err_blend, out[:, seen[0]].mean(1), truth)
+    # Where the photo saw skin squarely, the blend keeps it: close to the true albedo.
+    sure = (photo.confidence > 0.99) & ~core
+    assert (out - albedo)[:, sure[0]].abs().mean() < 0.05
+
+
+def test_no_seam_step_across_the_photo_model_boundary(reconstructor: Reconstructor, grace, fitter: TextureFitter,
+                                                     grace_pixels: np.ndarray, face_detector):
+    vertices, camera, light = _scene(grace[0])
+    landmarks = np.asarray(grace[0].landmarks_2d)
+    skin = skin_mask(segment_photo(grace_pixels, landmarks).skin, landmarks, BlendSettings().edge_softness)
+    texels = reconstructor._uv_texels(SIZE)
+    pixels = torch.from_numpy(np.array(grace_pixels)).permute(2, 0, 1).float() / 255
+    photo = photo_skin_texture(pixels, skin, vertices, reconstructor.model.faces, camera, reconstructor.mirror_index,
+                               texels, SIZE, light)
+    chart = chart_mask(texels, SIZE)
+    out = blend_texture(photo, fitter, chart).image
+    w = photo.confidence[0]
+
+    def gradient_energy(image: torch.Tensor) -> torch.Tensor:
+        lum = image.mean(0)
+        return (lum[1:, :-1] - lum[:-1, :-1]).square() + (lum[:-1, 1:] - lum[:-1, :-1]).square()
+
+    # Texels inside the charts, away from chart borders (the charts' own edges are steps).
+    inner = torch.nn.functional.max_pool2d(1 - chart[None], 5, 1, 2)[0, 0] < 0.5
+    inner = inner[:-1, :-1]
+    ww = w[:-1, :-1]
+    contour, photo_side, model_side = (inner & (ww > 0.35) & (ww < 0.65), inner & (ww > 0.95), inner & (ww < 0.05))
+    assert contour.sum() > 100 and photo_side.sum() > 1000 and model_side.sum() > 1000
+    energy = gradient_energy(out)
+    across = float(energy[contour].mean())
+    assert across <= float(energy[photo_side].mean()), (across, float(energy[photo_side].mean()))
+    # A hard cut between the same two textures is a step, and the measure sees it.
+    hard = torch.where(photo.confidence > 0.5, photo.image, fitted_model(photo, fitter, chart))
+    assert float(gradient_energy(hard)[contour].mean()) > 1.5 * across
+
+
+def test_grace_hat_is_replaced_by_skin(grace):
+    blended, photo = grace
+    assert blended.settings["appearance"]["texture_source"] == "blend"
+    assert "blended with texture model texture_gan.npz" in blended.texture_model
+    plain = photo.texture.astype(np.float32) / 255
+    mixed = blended.texture.astype(np.float32) / 255
+    # Her hat: dark texels in the top fifth of the face chart of the photo texture.
+    top = np.zeros(plain.shape[:2], bool)
+    top[: SIZE // 12, SIZE // 4 : 3 * SIZE // 4] = True
+    hat = top & (plain.mean(-1) < 0.25)
+    assert hat.sum() > 100
+    # The skin colour: the cheeks (below the eyes, beside the nose).
+    cheeks = mixed[int(SIZE * 0.28) : int(SIZE * 0.36), int(SIZE * 0.3) : int(SIZE * 0.7)].reshape(-1, 3)
+    skin = np.median(cheeks, 0)
+    assert np.abs(np.median(mixed[hat], 0) - skin).max() < 0.12, (np.median(mixed[hat], 0), skin)
+    assert np.abs(np.median(plain[hat], 0) - skin).max() > 0.3
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--texture-source", "hair"], "--texture-source hair: expected photo or blend"),
+    (["--texture-source", "blend", "--clean-texture"], "--clean-texture"),
+    (["--texture-source", "blend", "--texture-model", "gan", "--texture-refine-steps", "3", "--mode", "ganfit"],
+     "--texture-refine-steps"),
+])
+def test_bad_texture_source_options(grace_path: Path, tmp_path: Path, capsys, args, needle):
+    assert main(["reconstruct", str(grace_path), "-o", str(tmp_path / "out"), *args]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
+    assert len(err) == 1 and err[0].startswith("ganfit: error: ") and needle in err[0], err
+
+
+def test_protocol_option():
+    assert build_settings({"texture_source": "blend"}, "protocol").appearance.texture_source == "blend"
+    assert build_settings({}, "protocol").appearance.texture_source == "photo"
+    for bad in ("Blend", 1, None, True):
+        with pytest.raises(GanfitError, match="option texture_source"):
+            build_settings({"texture_source": bad}, "protocol")
+
+
+def test_cli_records_the_texture_source(grace_path: Path, tmp_path: Path):
+    out = tmp_path / "blend"
+    assert main(["reconstruct", str(grace_path), "-o", str(out), "--mode", "fast", "--texture-size", "128",
+                 "--texture-source", "blend", "-q", "--no-exports"]) == 0
+    meta = json.loads((out / "result.json").read_text())
+    assert meta["settings"]["appearance"]["texture_source"] == "blend"
+    assert Image.open(out / "texture.png").size == (128, 128)
