@@ -17,12 +17,19 @@ not with published FID/KID values.
 Sharpness (for the GAN-vs-PCA fitting comparison): the mean squared Laplacian of the luminance
 inside a face-region mask, and the share of spectral energy above a frequency cut-off. Blurry
 textures (what a PCA prior gives, paper 3.1) score low on both.
+
+Artist-facing texture quality (issue 17, benchmarks/texture_quality.py, docs/texture-quality.md):
+``foreign_colour`` (the share of head-skin texels whose colour is far from the face's own skin,
+e.g. hair, a hat or sky painted onto the scalp or ears) and ``seam_ratio`` (is there a step where
+the photo's part of a texture meets the model's). Both work on the shipped head's UV layout
+through ``skin_uv_masks``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Literal
 
 import numpy as np
@@ -30,7 +37,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "FOREIGN_SIGMAS",
     "DlibFeatureExtractor",
+    "ForeignColour",
+    "SkinUVMasks",
+    "foreign_colour",
+    "seam_ratio",
+    "skin_uv_masks",
+    "srgb_to_lab",
     "KidDifference",
     "KidResult",
     "high_frequency_ratio",
@@ -269,3 +283,173 @@ def sharpness(textures: torch.Tensor, mask: torch.Tensor | None = None) -> torch
     """The project's sharpness measure: ``laplacian_energy`` (mean squared Laplacian of the
     luminance in the face region), ``(B,)``."""
     return laplacian_energy(textures, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Foreign colour and seams (issue 17)
+
+#: UV charts of the head's skin: face, scalp and neck (head.L/R), ears. Not the eyes, mouth
+#: cavity or tongue, whose colours are not skin.
+SKIN_CHARTS = ("face", "head.L", "head.R", "ear.L", "ear.R")
+#: A texel is foreign beyond this many robust standard deviations of the inner face's colour.
+FOREIGN_SIGMAS = 4.0
+#: Smallest spread per CIELAB channel (L*, a*, b*): a smooth texture (a GAN fit) has a tiny MAD
+#: in the cheeks, and ordinary skin variation (pinker ears, a darker neck) must not count.
+MIN_LAB_SPREAD = (4.0, 2.0, 2.0)
+
+
+@dataclass(frozen=True, eq=False)
+class SkinUVMasks:
+    """(S, S) bool masks in UV space (row 0 is v = 1) of the shipped head's layout."""
+
+    head_skin: np.ndarray  # skin charts minus brows, eyes and lips (not skin colour)
+    inner_face: np.ndarray  # cheeks and nose, well inside the landmarks' outline: the skin reference
+    face: np.ndarray  # the face chart (``uv_layout.face_region_mask``): forehead to chin, ear to ear
+    face_outline: np.ndarray  # inside the jaw and the brows raised by 10% of brow-to-chin: the face proper
+
+
+def skin_uv_masks(size: int, model: "object | None" = None) -> SkinUVMasks:
+    """The head-skin, inner-face and face-chart masks at ``size`` for ``model`` (a ``ShapeModel``;
+    default the committed head, cached per size). Built from the UV charts and the 68 landmark
+    vertices' UVs, so they follow the layout at any size."""
+    if model is None:
+        return _default_skin_masks(size)
+    return _skin_uv_masks(size, model)
+
+
+@lru_cache(maxsize=4)
+def _default_skin_masks(size: int) -> SkinUVMasks:
+    from ganfit.models.shape_model import load_default_shape_model
+
+    return _skin_uv_masks(size, load_default_shape_model())
+
+
+def _skin_uv_masks(size: int, model: "object") -> SkinUVMasks:
+    import cv2
+
+    from ganfit.texture.uv_layout import FACE_CHART, chart_triangles, triangles_mask
+
+    uvs, uv_faces, faces = model.uvs, model.uv_faces, model.faces  # type: ignore[attr-defined]
+    skin = triangles_mask(uvs, uv_faces[chart_triangles(model, SKIN_CHARTS)], size).cpu().numpy() > 0.5
+    face_tris = chart_triangles(model, FACE_CHART)
+    face = triangles_mask(uvs, uv_faces[face_tris], size).cpu().numpy() > 0.5
+    # Each landmark vertex's UV on the face chart (a vertex on a UV seam has several).
+    corner_vertex = faces[face_tris].reshape(-1).cpu().numpy()
+    corner_uv = uv_faces[face_tris].reshape(-1).cpu().numpy()
+    uv_of = dict(zip(corner_vertex.tolist(), corner_uv.tolist()))
+    marks = model.landmark_indices.cpu().numpy()  # type: ignore[attr-defined]
+    missing = [int(v) for v in marks if int(v) not in uv_of]
+    if missing:
+        raise ValueError(f"landmark vertices {missing[:5]} are not on the face chart; cannot place the face regions")
+    uv = uvs.detach().cpu().numpy()[[uv_of[int(v)] for v in marks]]
+    px = np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], -1)  # texel coordinates (x right, y down)
+
+    def poly(points: np.ndarray, grow: float = 0.0) -> np.ndarray:
+        canvas = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], 1)
+        if grow > 0:
+            r = max(1, int(round(grow * size)))
+            canvas = cv2.dilate(canvas, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+        return canvas > 0
+
+    features = (poly(px[17:22], 0.025) | poly(px[22:27], 0.025) | poly(px[36:42], 0.02) | poly(px[42:48], 0.02)
+                | poly(px[48:60], 0.02) | poly(np.concatenate([px[17:22], px[36:42][::-1]]), 0.0)
+                | poly(np.concatenate([px[22:27], px[42:48][::-1]]), 0.0))
+    # Cheeks and nose: the jaw pulled 35% toward the nose tip, closed below the eyes.
+    nose = px[30]
+    jaw = nose + (px[1:16] - nose) * 0.65
+    under_eyes = np.stack([px[45] + (nose - px[45]) * 0.25, px[28], px[36] + (nose - px[36]) * 0.25])
+    inner = poly(np.concatenate([jaw, under_eyes])) & face & ~features
+    head_skin = skin & ~features
+    outline = np.concatenate([px[0:17], px[26:16:-1] - [0, 0.1 * float(px[8, 1] - px[17:27, 1].mean())]])
+    return SkinUVMasks(head_skin=head_skin, inner_face=inner, face=face, face_outline=poly(outline) & face)
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of sRGB colours (..., 3) in [0, 1]: a space where distances are roughly
+    what a person sees, so one threshold serves dark hair, sky and white background alike."""
+    c = np.clip(np.asarray(rgb, dtype=np.float64), 0, 1)
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def _unit_rgb(texture: np.ndarray) -> np.ndarray:
+    t = np.asarray(texture)
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) texture, got {t.shape}")
+    return t.astype(np.float64) / 255.0 if t.dtype == np.uint8 else t.astype(np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class ForeignColour:
+    """``share``: foreign texels / head-skin texels; ``far``: (S, S) bool map of them; the
+    reference's CIELAB ``median`` and per-channel ``spread`` (robust standard deviations)."""
+
+    share: float
+    far: np.ndarray
+    median: np.ndarray
+    spread: np.ndarray
+
+
+def foreign_colour(texture: np.ndarray, masks: SkinUVMasks, sigmas: float = FOREIGN_SIGMAS) -> ForeignColour:
+    """How much of the head's skin is painted in a colour that is not the face's skin.
+
+    ``texture`` (S, S, 3), uint8 or float in [0, 1], sRGB; ``masks`` from ``skin_uv_masks(S)``.
+    The face's skin distribution is the median and MAD (x 1.4826, floored at
+    ``MIN_LAB_SPREAD``) of the inner face's texels in CIELAB; a head-skin texel is foreign when
+    its spread-normalised distance from the median exceeds ``sigmas``."""
+    rgb = _unit_rgb(texture)
+    if rgb.shape[:2] != masks.head_skin.shape:
+        raise ValueError(f"texture is {rgb.shape[:2]} but the masks are {masks.head_skin.shape}")
+    lab = srgb_to_lab(rgb)
+    reference = lab[masks.inner_face]
+    median = np.median(reference, 0)
+    spread = np.maximum(1.4826 * np.median(np.abs(reference - median), 0), MIN_LAB_SPREAD)
+    distance = np.linalg.norm((lab - median) / spread, axis=-1)
+    far = (distance > sigmas) & masks.head_skin
+    return ForeignColour(float(far.sum() / max(int(masks.head_skin.sum()), 1)), far, median, spread)
+
+
+def seam_ratio(texture: np.ndarray, photo_weight: np.ndarray, region: np.ndarray, band: int | None = None) -> float:
+    """The gradient energy across the photo/model boundary over that inside each side.
+
+    ``photo_weight`` (S, S) in [0, 1]: how much of each texel comes from the photo (the boundary
+    is its 0.5 contour); ``region`` (S, S) bool: where to look (head skin). Energy: the squared
+    CIELAB difference of two 4-neighbours, both in ``region``. Across: the pairs with one texel
+    on each side of the contour. Inside: the pairs with both texels on one side, 1.5 to 5
+    ``band`` (default 2 per 512 texels) from the contour. Returns the mean energy across over
+    the mean of the two sides' means: about 1 when the blend leaves no step, above 1 for a
+    step; NaN when there is no contour or a side has fewer than 10 pairs."""
+    rgb = _unit_rgb(texture)
+    size = rgb.shape[0]
+    band = band if band is not None else max(1, round(2 * size / 512))
+    from scipy.ndimage import distance_transform_edt
+
+    lab = srgb_to_lab(rgb)
+    region = np.asarray(region, bool)
+    photo = np.asarray(photo_weight, np.float64) >= 0.5
+    pairs = []  # (energy, valid, crossing, photo side, first index slices)
+    edge = np.zeros(region.shape, bool)
+    for a, b in (((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+                 ((slice(None), slice(None, -1)), (slice(None), slice(1, None)))):
+        valid = region[a] & region[b]
+        crossing = valid & (photo[a] != photo[b])
+        edge[a] |= crossing
+        edge[b] |= crossing
+        pairs.append((((lab[a] - lab[b]) ** 2).sum(-1), valid, crossing, a, b))
+    if not edge.any():
+        return float("nan")
+    distance = distance_transform_edt(~edge)
+    near = (distance >= 1.5 * band) & (distance <= 5 * band)
+    across = np.concatenate([e[c] for e, _, c, _, _ in pairs])
+    sides = []
+    for side in (photo, ~photo):
+        inside = [e[v & side[a] & side[b] & near[a] & near[b]] for e, v, _, a, b in pairs]
+        values = np.concatenate(inside)
+        if values.size < 10:
+            return float("nan")
+        sides.append(values.mean())
+    return float(across.mean() / max(float(np.mean(sides)), 1e-12))
