@@ -106,11 +106,19 @@ def weights_hash(settings: FitSettings) -> str | None:
     return file_sha256(path)
 
 
+#: Settings added after fits were cached, with the value that reproduces the older engine: at that
+#: value they are left out of the cache key, so a new option does not throw away every cached fit.
+ADDED_AT_DEFAULT: dict[tuple[str, str], object] = {("appearance", "texture_source"): "photo"}
+
+
 def cache_key(settings: FitSettings, photo: Path, weights: str | None) -> str:
     """What a cached figure depends on: the photo file, the settings and the weights' hash
     (the weights' path is left out: the same file elsewhere gives the same figures)."""
     stat = photo.stat()
     described = {k: v for k, v in settings.to_dict().items() if k != "regressor"}
+    for (group, name), default in ADDED_AT_DEFAULT.items():  # settings newer than the cache, at their default
+        if described.get(group, {}).get(name) == default:
+            described[group] = {k: v for k, v in described[group].items() if k != name}
     text = json.dumps({"version": CACHE_VERSION, "photo": photo.name, "size": stat.st_size,
                        "settings": described, "weights": weights}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
