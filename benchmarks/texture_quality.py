@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     markdown = ["| photos | config | n | foreign colour | vs photo | sharpness, face chart (x1000) | x photo | x gan | "
                 "sharpness, face inside landmarks (x1000) | x photo | x gan | seam | "
-                f"turned {TURN_DEGREES:g}° | masked | Δ masked |", "|---|---|---:|" + "---:|" * 13]
+                f"turned {TURN_DEGREES:g}° | masked | Δ masked |", "|---|---|" + "---:|" * 13]
     for group, summary in summaries.items():
         text, md = table_rows(summary, counts[group])
         lines += ["", group, HEADER, "-" * len(HEADER), *text]
