@@ -25,7 +25,7 @@ photos grace_hopper and astronaut plus docs/images/public_photos/*.jpg); means p
 
     GANFIT_THREADS=1 python benchmarks/texture_quality.py [--configs photo,clean,gan,blend]
         [--photos-limit N] [--markdown docs/texture-quality.md] [--no-cache]
-        [--sheet docs/images/texture_contact_sheet.png | --no-sheet]
+        [--sheet docs/images/texture_blend_contact_sheet.png | --no-sheet]
 
 Fits are cached under benchmarks/results/texture-quality-cache/, keyed like table1's (photo,
 settings, regressor weights); the measures are recomputed on every run (seconds). Prints the
@@ -70,7 +70,7 @@ from ganfit.texture.segmentation import HAIR, HEADWEAR_OR_GLASSES, SKIN, segment
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT / "docs" / "images" / "public_photos"
 CACHE = RESULTS / "texture-quality-cache"
-SHEET = ROOT / "docs" / "images" / "texture_contact_sheet.png"
+SHEET = ROOT / "docs" / "images" / "texture_blend_contact_sheet.png"
 MODE = "ganfit++"
 
 
