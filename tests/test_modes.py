@@ -50,6 +50,8 @@ def test_fast_mode_places_the_head_in_one_pass(grace_path: Path, tmp_path: Path,
     for name in ("head.glb", "head.obj", "texture.png", "preview.png"):
         assert (out / name).stat().st_size > 0
     assert "landmark error" in capsys.readouterr().out
+    # A light is never negative (the shipped weights' raw red colour is -0.07: glTF refuses it).
+    assert (result.light.colour >= 0).all() and (result.light.ambient >= 0).all()
 
 
 def test_ganfit_plus_plus_starts_from_the_regression_and_runs_fewer_steps(grace_path: Path, tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ __all__ = ["EncoderConfig", "EncoderInputs", "EncoderOutput", "RegressionEncoder
 
 #: Pooled width of ``DlibIdentity.features``: four activation levels and the descriptor.
 DLIB_IDENTITY_WIDTH = 32 + 64 + 128 + 256 + 128
+#: The largest light colour and ambient, as the full-objective fit clamps them (fit.joint_stage).
+LIGHT_LIMIT = 4.0
 #: The appearance stage's initial light (``fit.appearance_stage.fit_lighting``).
 INITIAL_COLOUR, INITIAL_AMBIENT, INITIAL_LIFT = 0.6, 0.4, 0.3
 #: Identity coefficients are kept within this many prior stds, as fitting clamps them.
@@ -258,10 +260,19 @@ class RegressionEncoder(nn.Module):
             distance = (camera.position - centre).norm(dim=-1)
             towards = (camera.position - centre) / distance[:, None]
             start = towards + INITIAL_LIFT * camera.up
+        # A light's colour and ambient are non-negative (the fit clamps them to [0, LIGHT_LIMIT]):
+        # unclamped, the shipped weights gave every photo a red light colour of -0.07, which the
+        # GLB's KHR_lights_punctual refuses (the glTF validator reports an error).
+        raw_colour = INITIAL_COLOUR + c.light_scale * colour
+        raw_ambient = INITIAL_AMBIENT + c.light_scale * ambient
+        light_colour = raw_colour + (raw_colour.clamp(0.0, LIGHT_LIMIT) - raw_colour).detach()
+        light_ambient = raw_ambient + (raw_ambient.clamp(0.0, LIGHT_LIMIT) - raw_ambient).detach()
+        excess = excess + ((raw_colour - raw_colour.clamp(0.0, LIGHT_LIMIT)) ** 2).sum(-1)
+        excess = excess + ((raw_ambient - raw_ambient.clamp(0.0, LIGHT_LIMIT)) ** 2).sum(-1)
         light = LightParams(
             direction=start + c.light_scale * direction,
-            colour=INITIAL_COLOUR + c.light_scale * colour,
-            ambient=INITIAL_AMBIENT + c.light_scale * ambient,
+            colour=light_colour,
+            ambient=light_ambient,
             centre=centre.clone(),
             distance=distance,
         )
