@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -44,13 +45,18 @@ from .model import TextureModel
 
 __all__ = [
     "BlendSettings",
+    "EyeMouthLayout",
     "TextureFitter",
     "blend_texture",
     "chart_mask",
+    "eye_mouth_layout",
     "fitted_model",
+    "iris_colour",
     "match_colour",
     "multiband_blend",
+    "paint_eyes_and_mouth",
     "photo_skin_texture",
+    "robust_iris_colour",
     "skin_mask",
 ]
 
@@ -333,16 +339,240 @@ def fitted_model(photo: UVTexture, fitter: TextureFitter, chart: Tensor, start: 
 @torch.no_grad()
 def blend_texture(
     photo: UVTexture, fitter: TextureFitter, chart: Tensor, start: Tensor | None = None,
+    iris: Tensor | None = None,
 ) -> UVTexture:
     """The final albedo from the photo texture ``photo`` (its confidence is the photo weight W,
     ``photo_skin_texture``) and the texture model of ``fitter``: the model fitted to the photo
     where W is high, matched in colour, and the two blended band by band inside ``chart``.
-    ``start``: a latent to start a non-affine model's inversion from. The result's confidence
-    is W."""
+    ``start``: a latent to start a non-affine model's inversion from. The eyes and mouth get
+    their own albedo (``paint_eyes_and_mouth``; ``iris``: the photo's iris colour, else estimated
+    from the eye texels the photo saw). The result's confidence is W."""
     settings = fitter.settings
     size = photo.image.shape[-1]
     weight = photo.confidence
     model = fitted_model(photo, fitter, chart, start)
     levels = max(1, min(settings.levels, int(np.log2(size)) - 2))
     blended = multiband_blend(photo.image, model, weight, chart, levels)
+    blended = paint_eyes_and_mouth(blended, photo, chart, iris)
     return UVTexture(image=push_pull_fill(blended.clamp(0, 1), chart), confidence=weight)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Eyes and mouth (issue 17, item 4)
+#
+# Why: the texture model was trained on skin; on the eyeballs and inside the mouth its decode is
+# skin too, so a blended head has skin-coloured eyes wherever the photo did not see them (behind
+# the lids, behind glasses) and a skin-coloured mouth. These charts get a procedural albedo laid
+# in the mean head's 3D coordinates instead: a radial pupil / iris / sclera pattern around each
+# eyeball's front pole (the iris colour estimated from the photo), off-white teeth in a band
+# behind the lip line and a dark red cavity. The photo replaces it where it saw these texels
+# squarely (the photo weight W; on the eyes eroded by a texel or two so eyelid colour at the
+# opening's edge does not land on the eyeball). The tongue keeps the blend: in fitted smiles its
+# tip pokes through the chin, where a red tongue would show and a skin-coloured one hides.
+
+#: sRGB albedos of what the photo rarely shows: a slightly warm off-white sclera, a near-black
+#: pupil, off-white teeth, the mouth's dark red.
+SCLERA = (0.86, 0.82, 0.78)
+PUPIL = (0.04, 0.035, 0.035)
+TEETH = (0.86, 0.82, 0.72)
+MOUTH = (0.36, 0.12, 0.11)
+#: Iris colour when no photo shows an eye (a mid brown, the commonest).
+DEFAULT_IRIS = (0.36, 0.24, 0.15)
+#: Iris radius as a share of the eye's width (corner to corner): 11.7 mm of a 30 mm opening.
+IRIS_TO_EYE_WIDTH = 0.195
+#: Pupil radius as a share of the iris radius.
+PUPIL_TO_IRIS = 0.36
+#: Teeth: mouth-cavity points at most this far behind the cavity's front (m) and this far above
+#: or below the lip line (m); a crown shows about 10 mm.
+TEETH_DEPTH = 0.014
+TEETH_HEIGHT = 0.010
+
+_EYE_CHARTS = ("eye_front.L", "eye_front.R")
+_MOUTH_CHARTS = ("mouth_cavity.L", "mouth_cavity.R")
+
+
+@dataclass(frozen=True)
+class EyeMouthLayout:
+    """The eye-front and mouth-cavity texels of a ``size`` px map of the default head, with
+    their procedural albedo. Texel ``k`` is ``index[k]`` in the flattened map."""
+
+    size: int
+    index: Tensor  # (N,) long
+    base: Tensor  # (3, N) sRGB albedo with the iris left black
+    iris: Tensor  # (N,) how much iris colour each texel takes (0..1 times its radial shade)
+    iris_disc: Tensor  # (N,) bool: within 1.3 iris radii of an eye's front pole (the gaze may be off)
+    sclera: Tensor  # (N,) bool: the eyeball outside 1.2 iris radii
+    teeth: Tensor  # (N,) bool: the tooth band
+    interior: Tensor  # (N,) bool: the mouth cavity away from the teeth
+    charts: Tensor  # (N,) long: 0 eyes, 1 mouth cavity
+    crop: tuple[int, int, int, int]  # rows and columns (r0, r1, c0, c1) that hold all of them
+    coverage: float  # share of the map inside any chart (recognises the layout)
+
+
+def _smoothstep(edge0: float, edge1: float, x: Tensor) -> Tensor:
+    t = ((x - edge0) / (edge1 - edge0)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def eye_mouth_layout(size: int) -> EyeMouthLayout | None:
+    """The default head's ``EyeMouthLayout`` at ``size`` px (cached), or None when its model has
+    no such charts."""
+    return _eye_mouth_layout(int(size))
+
+
+@lru_cache(maxsize=4)
+def _eye_mouth_layout(size: int) -> EyeMouthLayout | None:
+    from ..fit.texture_projection import uv_fragments
+    from ..models.shape_model import load_default_shape_model
+    from .uv_layout import chart_triangles
+
+    model = load_default_shape_model()
+    wanted = _EYE_CHARTS + _MOUTH_CHARTS
+    if any(name not in model.uv_chart_names for name in wanted):
+        return None
+    verts = model.mean.float()
+    faces = model.faces.long()
+    tris = [chart_triangles(model, name) for name in wanted]
+    label = torch.cat([torch.full_like(t, 0 if i < 2 else 1) for i, t in enumerate(tris)])
+    side = torch.cat([torch.full_like(t, i % 2) for i, t in enumerate(tris)])  # 0 .L, 1 .R
+    tris = torch.cat(tris)
+    frags = uv_fragments(model.uvs.float(), model.uv_faces[tris].long(), size)
+    index = frags.pixel_index
+    corners = faces[tris[frags.triangle]]
+    p = (frags.bary.detach()[..., None] * verts[corners]).sum(1)  # (N, 3) on the mean head
+    charts = label[frags.triangle]
+    n = p.shape[0]
+    base = torch.zeros(3, n)
+    iris = torch.zeros(n)
+    iris_disc = torch.zeros(n, dtype=torch.bool)
+    sclera = torch.zeros(n, dtype=torch.bool)
+
+    # Eyes: the angle from the eyeball's front pole, in iris radii.
+    marks = model.landmark_indices.long()
+    for s, (name, corner_a, corner_b) in enumerate(((_EYE_CHARTS[0], 42, 45), (_EYE_CHARTS[1], 36, 39))):
+        sel = (charts == 0) & (side[frags.triangle] == s)
+        ball = torch.unique(faces[chart_triangles(model, name)])
+        centre, radius = _sphere(verts[ball].double())
+        pole = verts[ball][verts[ball][:, 2].argmax()].double()
+        axis = (pole - centre) / (pole - centre).norm()
+        width = float((verts[marks[corner_a]] - verts[marks[corner_b]]).norm())
+        iris_angle = float(np.arcsin(min(IRIS_TO_EYE_WIDTH * width / radius, 0.9)))
+        d = p[sel].double() - centre
+        cos = (d @ axis) / d.norm(dim=1).clamp_min(1e-9)
+        t = (torch.arccos(cos.clamp(-1, 1)) / iris_angle).float()  # 0 at the pole, 1 at the limbus
+        # Fibres: a faint angular modulation; the limbal ring darker, the collarette lighter.
+        e1 = torch.linalg.cross(axis, torch.tensor([0.0, 1.0, 0.0], dtype=axis.dtype))
+        e1 = e1 / e1.norm()
+        e2 = torch.linalg.cross(axis, e1)
+        phi = torch.atan2(d @ e2, d @ e1).float()
+        fibres = 1 + 0.08 * torch.sin(phi * 29) * torch.sin(phi * 11 + 1.3)
+        shade = (1.15 - 0.55 * _smoothstep(0.55, 1.0, t)) * fibres
+        pupil_a = 1 - _smoothstep(PUPIL_TO_IRIS - 0.05, PUPIL_TO_IRIS + 0.04, t)
+        sclera_a = _smoothstep(0.96, 1.12, t)
+        iris_a = (1 - pupil_a - sclera_a).clamp(0, 1)
+        # The sclera a little darker toward the eye's sides (the canthi), as real ones are.
+        white = torch.tensor(SCLERA)[:, None] * (1 - 0.08 * _smoothstep(1.5, 3.5, t))
+        base[:, sel] = torch.tensor(PUPIL)[:, None] * pupil_a + white * sclera_a
+        iris[sel] = iris_a * shade
+        iris_disc[sel] = t < 1.3
+        sclera[sel] = t > 1.2
+
+    # Mouth: teeth in a band behind the lip line, dark red elsewhere.
+    cavity = torch.unique(faces[torch.cat([chart_triangles(model, n_) for n_ in _MOUTH_CHARTS])])
+    front = verts[cavity][verts[cavity][:, 2].argmax()]
+    sel = charts == 1
+    q = p[sel]
+    tooth = ((1 - _smoothstep(TEETH_DEPTH * 0.8, TEETH_DEPTH, front[2] - q[:, 2]))
+             * (1 - _smoothstep(TEETH_HEIGHT * 0.8, TEETH_HEIGHT, (q[:, 1] - front[1]).abs())))
+    base[:, sel] = torch.tensor(TEETH)[:, None] * tooth + torch.tensor(MOUTH)[:, None] * (1 - tooth)
+    teeth = torch.zeros(n, dtype=torch.bool)
+    teeth[sel] = tooth > 0.99
+    interior = torch.zeros(n, dtype=torch.bool)
+    interior[sel] = tooth < 0.01
+
+    rows, cols = index // size, index % size
+    crop = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+    full = uv_fragments(model.uvs.float(), model.uv_faces.long(), size)
+    coverage = float(torch.unique(full.pixel_index).numel()) / size**2
+    return EyeMouthLayout(size, index, base.clamp(0, 1), iris, iris_disc, sclera, teeth, interior, charts, crop,
+                          coverage)
+
+
+def _sphere(points: Tensor) -> tuple[Tensor, float]:
+    """Least-squares sphere (centre (3,), radius) through ``points`` (N, 3)."""
+    a = torch.cat([2 * points, torch.ones_like(points[:, :1])], 1)
+    b = points.square().sum(1, keepdim=True)
+    sol = torch.linalg.lstsq(a, b).solution[:, 0]
+    centre = sol[:3]
+    return centre, float(torch.sqrt(sol[3] + centre.square().sum()))
+
+
+def robust_iris_colour(colours: Tensor) -> Tensor | None:
+    """(3,) the iris colour among an eye opening's colours (N, 3): the darker half without the
+    darkest tenth (the pupil, lash shadows) -- the brighter half is sclera, lids and glints; the
+    median per channel. None with fewer than 12 colours."""
+    if colours.shape[0] < 12:
+        return None
+    lum = colours @ torch.tensor([0.2126, 0.7152, 0.0722], dtype=colours.dtype, device=colours.device)
+    order = lum.argsort()
+    n = order.numel()
+    band = order[int(0.1 * n): max(int(0.5 * n), int(0.1 * n) + 1)]
+    return colours[band].median(0).values
+
+
+def iris_colour(pixels: np.ndarray, landmarks: np.ndarray) -> Tensor | None:
+    """(3,) sRGB iris colour of a photo (H, W, 3 uint8) from the pixels inside the two eye outlines
+    (dlib points 36-41, 42-47), by ``robust_iris_colour``; None if the outlines hold too few."""
+    import cv2
+
+    mask = np.zeros(pixels.shape[:2], np.uint8)
+    points = np.asarray(landmarks, dtype=np.float64)
+    for lo in (36, 42):
+        cv2.fillPoly(mask, [np.round(points[lo: lo + 6]).astype(np.int32)], 1)
+    colours = torch.from_numpy(np.asarray(pixels)[mask > 0].astype(np.float32) / 255.0)
+    return robust_iris_colour(colours)
+
+
+def _matches(layout: EyeMouthLayout, chart: Tensor) -> bool:
+    """Whether ``chart`` (1, S, S) is the default head's layout (a user's own shape model has its
+    own charts, which the procedural eyes must not paint over)."""
+    flat = chart.reshape(-1)
+    return (abs(float((flat > 0.5).float().mean()) - layout.coverage) < 0.002
+            and bool((flat.index_select(0, layout.index.to(flat.device)) > 0.5).all()))
+
+
+@torch.no_grad()
+def paint_eyes_and_mouth(image: Tensor, photo: UVTexture, chart: Tensor, iris: Tensor | None = None) -> Tensor:
+    """``image`` (3, S, S) with the eye-front and mouth-cavity charts replaced by the
+    procedural albedo, the photo laid over it where the photo weight (``photo.confidence``) is
+    high. ``iris`` (3,) sRGB: the iris colour (``iris_colour`` of the photo); None estimates it
+    from the eye texels the photo saw, else ``DEFAULT_IRIS``. Unchanged for other layouts."""
+    size = image.shape[-1]
+    layout = eye_mouth_layout(size)
+    if layout is None or not _matches(layout, chart):
+        return image
+    dev, dtype = image.device, image.dtype
+    index = layout.index.to(dev)
+    r0, r1, c0, c1 = layout.crop
+    # The photo weight eroded by ~1 texel at 256 px (2 at 512, ...): the eye opening's rim holds lid
+    # and lash colour, which must not land on the eyeball.
+    reach = max(1, size // 256)
+    weight = photo.confidence[:, r0:r1, c0:c1]
+    weight = -F.max_pool2d(-weight[None], 2 * reach + 1, 1, reach)[0]
+    w = torch.zeros(size * size, dtype=dtype, device=dev)
+    w[r0 * size:r1 * size].view(r1 - r0, size)[:, c0:c1] = weight[0]
+    eyes = layout.charts.to(dev) == 0
+    w = torch.where(eyes, w.index_select(0, index), photo.confidence.reshape(-1).index_select(0, index))
+    colours = photo.image.reshape(3, -1).index_select(1, index)
+    if iris is None:
+        seen = (w > 0.5) & layout.iris_disc.to(dev)
+        iris = robust_iris_colour(colours[:, seen].T)
+        log.debug("blend: iris colour from %d seen eye texels: %s", int(seen.sum()),
+                  None if iris is None else iris.tolist())
+    if iris is None:
+        iris = torch.tensor(DEFAULT_IRIS)
+    painted = layout.base.to(dev, dtype) + layout.iris.to(dev, dtype) * iris.to(dev, dtype)[:, None]
+    mixed = painted * (1 - w) + colours * w
+    out = image.reshape(3, -1).clone()
+    out[:, index] = mixed
+    return out.view_as(image)
