@@ -2,8 +2,8 @@
 each mode and quality preset sends. No bpy: the panel, the operator and the tests read it.
 
 The modes, their order, names and one-line help, the options each refuses, GANFit++'s default
-steps and the regression network's licence come from the engine's ``protocol.py`` through the
-seam (``seam.py``). The engine's step defaults the presets describe are mirrored here and
+steps, the regression network's licence and the texture sources come from the engine's
+``protocol.py`` through the seam (``seam.py``). The engine's step defaults the presets describe are mirrored here and
 checked against the engine by tests/blender/test_modes.py.
 """
 
@@ -24,6 +24,20 @@ UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {mode: tuple(keys) for mode, keys i
 REGRESSOR_LICENCE: str = protocol.REGRESSOR_LICENCE
 #: The engine's defaults for the options the presets set (backend/ganfit/fit/settings.py), and
 #: GANFit++'s full-objective steps when none are given (a third of 60).
+#: Where the final albedo comes from (the request's ``texture_source``) and the engine's default.
+TEXTURE_SOURCES: tuple[str, ...] = tuple(protocol.TEXTURE_SOURCES)
+DEFAULT_TEXTURE_SOURCE: str = protocol.DEFAULT_TEXTURE_SOURCE
+#: The shipped texture model's terms. The protocol states none of its own; the shipped GAN is
+#: trained on the regressor's data (backend/ganfit/models/data/texture_gan.json says so, and
+#: tests/blender/test_modes.py checks the two agree).
+TEXTURE_MODEL_LICENCE: str = REGRESSOR_LICENCE
+#: The Texture menu's names and tooltips per source; the menu lists Blend first.
+_TEXTURE_SOURCE_TEXT: dict[str, tuple[str, str]] = {
+    "blend": ("Blend", "Skin from the photo, the rest from the texture model: no hair, hat or background on the "
+                       "head, white eyes and teeth. The texture model is trained on " + TEXTURE_MODEL_LICENCE),
+    "photo": ("Photo (keep hair)", "The photo wherever it is seen: hair and hats painted onto the scalp, as the "
+                                   "photo shows them"),
+}
 ENGINE_DEFAULTS: dict[str, int] = {"steps": 300, "lighting_steps": 80, "fit_steps": 60, "texture_size": 512}
 GANFIT_PLUS_FIT_STEPS: int = protocol.GANFIT_PLUS_FIT_STEPS
 
@@ -137,3 +151,26 @@ def preset_items(mode: str) -> list[tuple[str, str, str, int]]:
             tooltip += " (slowest)"
         items.append((identifier, name, tooltip, number))
     return items
+
+
+def texture_source_items() -> list[tuple[str, str, str, int]]:
+    """The Texture menu's items: (identifier, name, tooltip, number). Identifiers are the engine's
+    sources in upper case; numbers follow the engine's order (stable in saved files), the menu
+    lists Blend first."""
+    items = [(source.upper(), *_TEXTURE_SOURCE_TEXT.get(source, (source.capitalize(), source)), number)
+             for number, source in enumerate(TEXTURE_SOURCES)]
+    return sorted(items, key=lambda item: item[0] != "BLEND")
+
+
+def engine_texture_source(identifier: str) -> str:
+    """The protocol's ``texture_source`` for a Texture menu identifier (``BLEND`` -> ``blend``)."""
+    source = identifier.lower()
+    if source not in TEXTURE_SOURCES:
+        raise ValueError(f"unknown texture source {identifier!r}; the engine offers {', '.join(TEXTURE_SOURCES)}")
+    return source
+
+
+def cleans_texture(texture_source: str) -> bool:
+    """Whether "Clean texture" applies with ``texture_source``: the blend already keeps only skin
+    from the photo, and the engine refuses the two together."""
+    return texture_source != "blend"

@@ -165,11 +165,13 @@ def chosen_photos(settings: Any) -> list[str]:
 
 def request_options(settings: Any) -> dict[str, Any]:
     """The protocol's ``options`` for the panel's settings: the quality preset as the chosen
-    mode runs it (only options the mode uses: the engine refuses the others), device and
-    texture cleaning."""
+    mode runs it (only options the mode uses: the engine refuses the others), device, texture
+    source and texture cleaning (not with the blend: the engine refuses the two together)."""
     mode = modes.engine_mode(str(settings.mode))
-    options = {**modes.preset_options(mode, str(settings.preset)), "device": str(settings.device).lower()}
-    if settings.clean_texture:
+    source = modes.engine_texture_source(str(settings.texture_source))
+    options = {**modes.preset_options(mode, str(settings.preset)), "device": str(settings.device).lower(),
+               "texture_source": source}
+    if settings.clean_texture and modes.cleans_texture(source):
         options["clean_texture"] = True
     return options
 
@@ -231,6 +233,12 @@ class GANFIT_PG_reconstruct(scene_import.SceneChangeProperties, bpy.types.Proper
             ("MPS", "Apple GPU", "Metal (MPS) on Apple silicon Macs"),
         ],
         default="AUTO",
+    )
+    texture_source: EnumProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
+        name="Texture",
+        description="Where the head's colour comes from",
+        items=modes.texture_source_items(),
+        default=modes.DEFAULT_TEXTURE_SOURCE.upper(),
     )
     clean_texture: BoolProperty(  # type: ignore[valid-type]  # fake-bpy: props return None
         name="Clean texture",
@@ -574,7 +582,10 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     summary.enabled = False
     summary.label(text=modes.preset_summary(mode, str(settings.preset)))
     box.prop(settings, "device")
-    box.prop(settings, "clean_texture")
+    box.prop(settings, "texture_source")
+    clean = box.row()
+    clean.enabled = modes.cleans_texture(modes.engine_texture_source(str(settings.texture_source)))
+    clean.prop(settings, "clean_texture")  # greyed with Blend: it keeps only skin already
     live = box.row()
     live.enabled = modes.fits(mode)  # greyed in fast mode: no fit, nothing to preview
     live.prop(settings, "live_mesh")

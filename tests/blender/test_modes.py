@@ -37,6 +37,28 @@ def test_engine_facts_reach_the_addon(modes) -> None:
     assert "torch" not in sys.modules
 
 
+def test_texture_sources_come_from_the_engine(modes) -> None:
+    """The Texture menu lists the engine's sources with its default; the blend's tooltip names the
+    shipped texture model's licence, which is the one texture_gan.json records."""
+    import json
+    from pathlib import Path
+
+    from ganfit import protocol
+
+    assert modes.TEXTURE_SOURCES == protocol.TEXTURE_SOURCES
+    assert modes.DEFAULT_TEXTURE_SOURCE == protocol.DEFAULT_TEXTURE_SOURCE
+    items = modes.texture_source_items()
+    assert {i[0] for i in items} == {s.upper() for s in protocol.TEXTURE_SOURCES} and items[0][0] == "BLEND"
+    assert sorted(i[3] for i in items) == list(range(len(items)))
+    shipped = Path(protocol.__file__).parent / "models" / "data" / "texture_gan.json"
+    assert json.loads(shipped.read_text())["data"]["licence"] == modes.TEXTURE_MODEL_LICENCE
+    assert modes.TEXTURE_MODEL_LICENCE in dict((i[0], i[2]) for i in items)["BLEND"]
+    assert modes.engine_texture_source("BLEND") == "blend"
+    assert not modes.cleans_texture("blend") and modes.cleans_texture("photo")
+    with pytest.raises(ValueError, match="texture source"):
+        modes.engine_texture_source("HAIR")
+
+
 def test_every_mode_and_preset_is_accepted_by_the_engine(modes) -> None:
     """What the add-on sends for each mode and preset passes the engine's own option check
     (it refuses options a mode does not use) and runs the steps the tooltip promises."""

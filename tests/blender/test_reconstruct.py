@@ -129,22 +129,22 @@ def test_panel_and_preferences_draw(addon, installed_addon: str, photos: dict[st
 def test_panel_settings_become_engine_options(addon, photos: dict[str, Path]) -> None:
     settings = bpy.context.scene.ganfit_reconstruct
     settings.preset, settings.device = "HIGH", "CUDA"
-    assert addon.request_options(settings) == {"steps": 600, "lighting_steps": 160, "fit_steps": 150, "texture_size": 2048, "device": "cuda"}
+    assert addon.request_options(settings) == {"steps": 600, "lighting_steps": 160, "fit_steps": 150, "texture_size": 2048, "device": "cuda", "texture_source": "photo"}
     settings.preset, settings.device = "DEFAULT", "AUTO"
-    assert addon.request_options(settings) == {"device": "auto"}
+    assert addon.request_options(settings) == {"device": "auto", "texture_source": "photo"}
     settings.clean_texture = True
-    assert addon.request_options(settings) == {"device": "auto", "clean_texture": True}
+    assert addon.request_options(settings) == {"device": "auto", "texture_source": "photo", "clean_texture": True}
     settings.clean_texture = False
     assert [i.identifier for i in settings.bl_rna.properties["mode"].enum_items] == ["GANFIT", "FAST", "GANFIT++"]
     # each mode sends only what it uses: the engine refuses the rest
     try:
         settings.preset, settings.device = "HIGH", "CPU"
         settings.mode = "GANFIT++"
-        assert addon.request_options(settings) == {"fit_steps": 50, "texture_size": 2048, "device": "cpu"}
+        assert addon.request_options(settings) == {"fit_steps": 50, "texture_size": 2048, "device": "cpu", "texture_source": "photo"}
         settings.mode = "FAST"
-        assert addon.request_options(settings) == {"texture_size": 2048, "device": "cpu"}
+        assert addon.request_options(settings) == {"texture_size": 2048, "device": "cpu", "texture_source": "photo"}
         settings.preset = "DEFAULT"
-        assert addon.request_options(settings) == {"device": "cpu"}
+        assert addon.request_options(settings) == {"device": "cpu", "texture_source": "photo"}
     finally:
         settings.mode, settings.preset, settings.device = "GANFIT", "DEFAULT", "AUTO"
     thumbnail = addon.photo_thumbnail(str(photos["grace_hopper"]))
@@ -349,6 +349,35 @@ def test_several_photos_one_head_and_the_scene_left_as_it_was(addon, photos: dic
     assert scene.view_settings.view_transform == view_transform
 
 
+def test_texture_source_is_sent_and_blend_greys_clean_texture(addon, photos: dict[str, Path]) -> None:
+    """The Texture menu (Blend first, the engine's default chosen) goes out as ``texture_source``;
+    with Blend, Clean texture is greyed and not sent (the engine refuses the two together)."""
+    settings = bpy.context.scene.ganfit_reconstruct
+    items = settings.bl_rna.properties["texture_source"].enum_items
+    assert [i.identifier for i in items] == ["BLEND", "PHOTO"]
+    assert [i.name for i in items] == ["Blend", "Photo (keep hair)"]
+    assert "non-commercial" in items["BLEND"].description and "texture model" in items["BLEND"].description
+    from ganfit import protocol
+
+    assert settings.texture_source == protocol.DEFAULT_TEXTURE_SOURCE.upper()
+    settings.photo = str(photos["grace_hopper"])
+    try:
+        settings.texture_source, settings.clean_texture = "BLEND", True
+        assert addon.request_options(settings) == {"device": "auto", "texture_source": "blend"}
+        layout = RecordingLayout()
+        addon.draw_panel(layout, bpy.context)
+        assert ("prop", "texture_source") in layout.log and ("disabled", "clean_texture") in layout.log
+        assert ("disabled", "texture_source") not in layout.log
+        settings.texture_source = "PHOTO"
+        assert addon.request_options(settings) == {"device": "auto", "texture_source": "photo", "clean_texture": True}
+        layout = RecordingLayout()
+        addon.draw_panel(layout, bpy.context)
+        assert ("prop", "clean_texture") in layout.log and ("disabled", "clean_texture") not in layout.log
+    finally:
+        settings.property_unset("texture_source")
+        settings.clean_texture = False
+
+
 def test_panel_shows_what_each_mode_uses(addon, photos: dict[str, Path]) -> None:
     """Under the Quality menu a greyed line says what the preset runs in the chosen mode; Live
     mesh is greyed in fast mode, which has no fit to preview."""
@@ -370,7 +399,7 @@ def test_panel_shows_what_each_mode_uses(addon, photos: dict[str, Path]) -> None
     assert ("disabled", "live_mesh") in drawn["FAST"]
     assert ("disabled", "live_mesh") not in drawn["GANFIT"] and ("disabled", "live_mesh") not in drawn["GANFIT++"]
     for log in drawn.values():
-        assert {("prop", n) for n in ("mode", "preset", "device", "clean_texture", "live_mesh")} <= set(log)
+        assert {("prop", n) for n in ("mode", "preset", "device", "texture_source", "clean_texture", "live_mesh")} <= set(log)
 
 
 @pytest.mark.parametrize("mode", ["FAST", "GANFIT++", "GANFIT"])
