@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 from identity_distance import TURN_DEGREES, utkface_test_photos
-from report import RESULTS, publish
-from table1 import Runner, commits, git_commit, mode_settings, replace_block, weights_hash
+from report import RESULTS, publish, replace_block
+from table1 import Runner, commits, git_commit, mode_settings, weights_hash
 
 from ganfit.errors import GanfitError
 

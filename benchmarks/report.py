@@ -24,3 +24,18 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_block(path: Path, name: str, block: list[str]) -> None:
+    """Write ``block`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``path`` (the prose
+    around it stays); a file without the markers gets the block appended, a new file holds it."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = path.read_text() if path.is_file() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + \
+            start + "\n" + "\n".join(block) + "\n" + end + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from report import publish
+from report import publish, replace_block
 
 from ganfit.errors import GanfitError
 from ganfit.face.detection import FaceDetector, find_face
@@ -118,18 +118,6 @@ def contact_sheet(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: 
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-
-
-def replace_block(path: Path, name: str, block: list[str]) -> None:
-    """Write ``block`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``path``."""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    text = path.read_text() if path.is_file() else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1]
-    else:
-        text = text + ("\n" if text else "") + start + "\n" + "\n".join(block) + "\n" + end + "\n"
-    path.write_text(text)
 
 
 def mean(values: list[float]) -> float:

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 from identity_distance import SAME_PERSON, TURN_DEGREES, UTKFACE, DlibJudge, fit_and_judge
-from report import RESULTS, file_sha256, publish
+from report import RESULTS, file_sha256, publish, replace_block
 
 from ganfit.errors import GanfitError, InputImageError
 from ganfit.fit.reconstruct import Reconstructor
@@ -262,21 +262,6 @@ def markdown_rows(label: str, s: dict[str, float]) -> str:
     return (f"| {label} | {int(s['photos'])} | {s['landmark_error_iod_mean']:.2%} / {s['landmark_error_iod_median']:.2%} | "
             f"{s['overlay_mean']:.3f} / {s['overlay_median']:.3f} | {s['turned_mean']:.3f} / {s['turned_median']:.3f} | "
             f"{s['seconds_mean']:.2f} / {s['seconds_median']:.2f} | {s['cpu_seconds_mean']:.2f} / {s['cpu_seconds_median']:.2f} |")
-
-
-def replace_block(path: Path, name: str, block: list[str]) -> None:
-    """Write ``block`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``path`` (the prose
-    around it stays); a file without the markers gets the block appended, a new file holds it."""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    text = path.read_text() if path.is_file() else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1]
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + \
-            start + "\n" + "\n".join(block) + "\n" + end + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def parse_modes(text: str) -> list[str]:

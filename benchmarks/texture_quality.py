@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 from identity_distance import TURN_DEGREES, UTKFACE, DlibJudge, fit_and_judge
-from report import RESULTS, publish
-from table1 import COMMIT, cache_key, replace_block, weights_hash
+from report import RESULTS, publish, replace_block
+from table1 import COMMIT, cache_key, weights_hash
 
 from ganfit.errors import GanfitError, InputImageError
 from ganfit.fit.joint_stage import random_view
