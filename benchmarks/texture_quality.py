@@ -195,7 +195,10 @@ class Fitter:
     def fit(self, config: str, settings: FitSettings, photo: Path) -> Fit | str:
         """The fit, or the reason the photo has no usable face."""
         weights = weights_hash(settings)
-        stem = CACHE / config / f"{photo.stem[:40]}-{cache_key(settings, photo, f'{weights}/{ENGINE}')}"
+        # No dots in the name: with_suffix() below replaces what follows the last one (UTKFace's
+        # names hold three), which once dropped the key and served stale fits.
+        name = photo.stem.replace(".", "_")[:40]
+        stem = CACHE / config / f"{name}-{cache_key(settings, photo, f'{weights}/{ENGINE}')}"
         if self.use_cache and stem.with_suffix(".json").is_file():
             record = json.loads(stem.with_suffix(".json").read_text())
             if "skipped" in record:

@@ -447,7 +447,7 @@ class Reconstructor:
         segmentation as weight, merged (eq. 14), and blended with the texture model fitted to it
         (the settings' model when one is given, else the shipped GAN). Returns the texture and
         the model's file name."""
-        from ..texture.blend import BlendSettings, chart_mask, photo_skin_texture, skin_mask
+        from ..texture.blend import BlendSettings, chart_mask, eye_openings, photo_skin_texture, skin_mask
         from ..texture.segmentation import segment_photo
 
         settings = BlendSettings()
@@ -456,8 +456,11 @@ class Reconstructor:
         for i, (photo, face, px) in enumerate(zip(prepared.photos, prepared.faces, prepared.pixels)):
             with self.timings.timed("texture segmentation"):  # (also counted in "texture")
                 try:
-                    skin = skin_mask(segment_photo(np.asarray(photo.pixels), face.landmarks).skin, face.landmarks,
-                                     settings.edge_softness)
+                    segmentation = segment_photo(np.asarray(photo.pixels), face.landmarks)
+                    # The eyes behind glasses are seen through the lenses: trusted like skin.
+                    seen = segmentation.skin | (segmentation.headwear_or_glasses
+                                                & eye_openings(segmentation.labels.shape, face.landmarks))
+                    skin = skin_mask(seen, face.landmarks, settings.edge_softness)
                 except InputImageError as exc:  # a face cut off far past the photo's edge
                     log.warning("%s: no skin segmentation (%s); the texture keeps all it sees", photo.name, exc)
                     skin = torch.ones(px.shape[-2:])

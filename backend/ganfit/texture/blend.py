@@ -81,6 +81,8 @@ class BlendSettings:
     #: photo pixels), so the segmentation's border (a hairline pixel taken for skin) gets little
     #: weight.
     edge_softness: float = 0.015
+    #: Photo weight from which the photo is kept exactly (ramping to it at weight 1).
+    exact_from: float = 0.8
     #: Steps of the weighted inversion for texture models that are not affine in their latent.
     inversion_steps: int = 30
 
@@ -361,6 +363,10 @@ def blend_texture(
     model = fitted_model(photo, fitter, chart, start)
     levels = max(1, min(settings.levels + max(int(np.log2(size)) - 9, 0), int(np.log2(size)) - 2))
     blended = multiband_blend(photo.image, model, weight, chart, levels)
+    # Skin seen squarely keeps the photo exactly: the pyramid's coarse bands mix in a little of the
+    # model even where W is 1 near its edge (seen skin was 0.97x the photo's sharpness without this).
+    exact = ((weight - settings.exact_from) / (1.0 - settings.exact_from)).clamp(0, 1) * chart
+    blended = photo.image * exact + blended * (1 - exact)
     blended = paint_eyes_and_mouth(blended, photo, chart, iris)
     return UVTexture(image=push_pull_fill(blended.clamp(0, 1), chart), confidence=weight)
 
@@ -526,6 +532,21 @@ def robust_iris_colour(colours: Tensor) -> Tensor | None:
     n = order.numel()
     band = order[int(0.1 * n): max(int(0.5 * n), int(0.1 * n) + 1)]
     return colours[band].median(0).values
+
+
+def eye_openings(shape: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the two eye openings (dlib points 36-41, 42-47) grown by a fifth of the eye's
+    width. Behind glasses the segmentation calls the eyes headwear-or-glasses; the eyes still show
+    through the lenses, and a painted eye is less like the person than the photo's (dlib, turned
+    25 degrees, masked: 0.338 against 0.317 on the 8 public photos)."""
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    points = np.asarray(landmarks, dtype=np.float64)
+    for lo in (36, 42):
+        cv2.fillPoly(mask, [np.round(points[lo: lo + 6]).astype(np.int32)], 1)
+    grow = max(1, int(round(0.2 * float(np.linalg.norm(points[39] - points[36])))))
+    return cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0
 
 
 def iris_colour(pixels: np.ndarray, landmarks: np.ndarray) -> Tensor | None:
