@@ -181,26 +181,6 @@ def _wait_for_records(out: Path, count: int, process: subprocess.Popen, timeout:
     raise AssertionError(f"no {count} records within {timeout} s (exit {process.poll()})")
 
 
-def _wait_for_workers_ignoring_sigint(process: subprocess.Popen, timeout: float = 60) -> None:
-    """Until every worker has run its initializer, which makes it ignore SIGINT (the main process
-    handles Ctrl-C): a worker still starting up when the group's SIGINT arrives dies of it, and
-    the build then retried its photos and finished (exit 0) instead of stopping, under load in a
-    full test run. Without /proc this returns at once."""
-    if not Path(f"/proc/{process.pid}/task").is_dir():
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            workers = _worker_pids(process.pid)
-            masks = [int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                              if line.startswith("SigIgn:")), 16) for pid in workers]
-        except (OSError, StopIteration):  # a worker came or went while we looked
-            masks = []
-        if len(masks) == 2 and all(mask & (1 << (signal.SIGINT - 1)) for mask in masks):
-            return
-        time.sleep(0.02)
-
-
 def _same_as_reference(out: Path, reference_out: Path, names: list[str]) -> None:
     for name in names:
         source = "grace_hopper" if name.startswith("g") else "astronaut"
@@ -214,7 +194,6 @@ def test_ctrl_c_stops_cleanly_and_resumes(reference, many_dir: Path, tmp_path: P
     out = tmp_path / "set"
     process = _cli(many_dir, out)
     _wait_for_records(out, 1, process)
-    _wait_for_workers_ignoring_sigint(process)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
