@@ -163,12 +163,21 @@ def test_interrupt_in_process_leaves_no_partial_files(reference, photo_dir: Path
             assert (target / f"{key}{suffix}").read_bytes() == (out / f"{key}{suffix}").read_bytes()
 
 
+def _default_sigint() -> None:
+    """In the child before it runs Python: Ctrl-C's default disposition, as under a terminal.
+    A test run started in the background by a non-interactive shell (``make test &``, nohup)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the build
+    ran to the end (exit 0) and the Ctrl-C test failed only there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(photos: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "backend")}
     return subprocess.Popen(
         [sys.executable, "-m", "ganfit.texture.dataset", "--images", str(photos), "--out", str(out),
          "--workers", "2", *TINY_ARGS, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        preexec_fn=_default_sigint if sys.platform != "win32" else None,
     )
 
 
