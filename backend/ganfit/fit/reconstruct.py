@@ -126,8 +126,10 @@ class Reconstructor:
     def texture_model(self) -> "TextureModel | None":
         """The settings' texture model (loaded once per file), or None for the projected photo."""
         path = self.settings.texture_model
-        if path is None:
-            return None
+        return None if path is None else self._load_texture_model(path)
+
+    def _load_texture_model(self, path: str) -> "TextureModel":
+        """A texture model file, loaded once per file."""
         if path not in self._texture_models:
             from ..texture.model import load_texture_model
 
@@ -447,7 +449,9 @@ class Reconstructor:
         segmentation as weight, merged (eq. 14), and blended with the texture model fitted to it
         (the settings' model when one is given, else the shipped GAN). Returns the texture and
         the model's file name."""
-        from ..texture.blend import BlendSettings, chart_mask, eye_openings, photo_skin_texture, skin_mask
+        from ..texture.blend import (BlendSettings, TextureFitter, blend_texture, chart_mask, eye_openings,
+                                     photo_skin_texture, skin_mask)
+        from ..texture.model import resolve_texture_model
         from ..texture.segmentation import segment_photo
 
         settings = BlendSettings()
@@ -468,24 +472,14 @@ class Reconstructor:
                                                self.mirror_index, texels, size, light.view(i)))
         path = self.settings.texture_model
         if texture_model is None:
-            from ..texture.model import resolve_texture_model
-
             path = resolve_texture_model("gan")
             assert path is not None
-            if path not in self._texture_models:
-                from ..texture.model import load_texture_model
-
-                self._texture_models[path] = load_texture_model(path, device=self.device)
-            texture_model = self._texture_models[path]
+            texture_model = self._load_texture_model(path)
         assert path is not None
         if path not in self._fitters:
-            from ..texture.blend import TextureFitter
-
             self._fitters[path] = TextureFitter(texture_model, settings)
         if size not in self._charts:
             self._charts[size] = chart_mask(texels, size)
-        from ..texture.blend import blend_texture
-
         return blend_texture(merge_textures(textures), self._fitters[path], self._charts[size], latent), Path(path).name
 
     def _texture(

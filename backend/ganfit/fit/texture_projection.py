@@ -135,6 +135,13 @@ def _sample_photo(photo: Tensor, xy: Tensor) -> Tensor:
     return F.grid_sample(photo[None], grid[None, None], mode="bilinear", align_corners=False)[0, :, 0].T
 
 
+def _sample_map(image: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear values (N,) of a (H, W) map at pixel positions (N, 2); 0 outside."""
+    h, w = image.shape
+    grid = torch.stack([xy[:, 0] / w * 2 - 1, xy[:, 1] / h * 2 - 1], -1)
+    return F.grid_sample(image[None, None], grid[None, None], mode="bilinear", align_corners=False)[0, 0, 0]
+
+
 def _observe(
     photo: Tensor, depth_map: Tensor, camera: Camera, points: Tensor, normals: Tensor, light: PointLight | None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -238,14 +245,15 @@ def project_photo_to_uv(
     photo: Tensor,
     vertices: Tensor,
     faces: Tensor,
-    uvs: Tensor,
-    uv_faces: Tensor,
+    uvs: Tensor | None,
+    uv_faces: Tensor | None,
     camera: Camera,
     mirror_index: Tensor,
     size: int = 512,
     light: PointLight | None = None,
     outline: Tensor | None = None,
     texels: UVTexels | None = None,
+    photo_weight: Tensor | None = None,
 ) -> UVTexture:
     """Project photo (3, H, W) onto the mesh (V, 3) seen by ``camera`` (batch 1) into UV space.
 
@@ -253,21 +261,34 @@ def project_photo_to_uv(
     ``outline`` (K, 2), the face's outline in photo pixels, texels seen outside it keep the photo
     only where it looks like the skin inside it (see the module docstring). ``texels``: this
     size's ``uv_texels``, which depend on the mesh's UV layout only, so a caller projecting
-    many photos builds them once.
+    many photos builds them once (``uvs`` and ``uv_faces`` are then not needed). With
+    ``photo_weight`` (H, W) in [0, 1], every observation's weight is scaled by it at its photo
+    position (``texture.blend``: the skin segmentation), so the confidence is the photo weight
+    and a texel whose own view the map rules out takes its mirror's colour.
     """
     _, h, w = photo.shape
     frags = rasterize(camera.project(vertices[None], w, h), faces, h, w, cull_backfaces=True)
     depth_map = frags.scatter(frags.depth[:, None])[0, 0]
 
-    sampler = uv_texels(uvs, uv_faces, faces, vertices.shape[0], size) if texels is None else texels
+    if texels is None:
+        if uvs is None or uv_faces is None:
+            raise ValueError("project_photo_to_uv needs uvs and uv_faces, or texels")
+        sampler = uv_texels(uvs, uv_faces, faces, vertices.shape[0], size)
+    else:
+        sampler = texels
+    weight_map = None if photo_weight is None else photo_weight.to(photo)
     normals = vertex_normals(vertices[None], faces)[0]
     attributes = torch.cat([vertices, normals, vertices[mirror_index], normals[mirror_index]], -1)
     interpolated = sampler.interpolate(attributes)
     own_p, own_n, mirror_p, mirror_n = interpolated.split(3, -1)
 
     own_c, own_w, own_xy = _observe(photo, depth_map, camera, own_p, own_n, light)
+    if weight_map is not None:
+        own_w = own_w * _sample_map(weight_map, own_xy)
     if outline is not None:
         mir_c, mir_w, mir_xy = _observe(photo, depth_map, camera, mirror_p, mirror_n, light)
+        if weight_map is not None:
+            mir_w = mir_w * _sample_map(weight_map, mir_xy)
         own_w, mir_w = skin_only_outside(outline, own_c, own_w, own_xy, mir_c, mir_w, mir_xy)
     else:
         # A texel seen squarely (own weight 1, a fifth of them) gives its mirror no weight (the
@@ -275,7 +296,9 @@ def project_photo_to_uv(
         partly = (own_w < 1).nonzero()[:, 0]
         # (one gather of the mirror's 6 columns: 8x faster than indexing the two strided views)
         seen_p, seen_n = interpolated[:, 6:].index_select(0, partly).split(3, -1)
-        seen_c, seen_w, _ = _observe(photo, depth_map, camera, seen_p, seen_n, light)
+        seen_c, seen_w, seen_xy = _observe(photo, depth_map, camera, seen_p, seen_n, light)
+        if weight_map is not None:
+            seen_w = seen_w * _sample_map(weight_map, seen_xy)
         mir_c = torch.zeros_like(own_c).index_copy_(0, partly, seen_c)
         mir_w = torch.zeros_like(own_w).index_copy_(0, partly, seen_w)
     mir_w = mir_w * (1 - own_w)

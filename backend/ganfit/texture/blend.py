@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..fit.texture_projection import UVTexels, UVTexture, _observe, frags_to_image, push_pull_fill
-from ..render import Camera, PointLight, rasterize, vertex_normals
+from ..fit.texture_projection import UVTexels, UVTexture, frags_to_image, project_photo_to_uv, push_pull_fill
+from ..render import Camera, PointLight
 from ..render.shading import linear_to_srgb, srgb_to_linear
 from .model import TextureModel
 
@@ -104,13 +104,6 @@ def skin_mask(skin: np.ndarray, landmarks: np.ndarray, softness: float) -> Tenso
     return torch.from_numpy(np.clip(soft * 2.0 - 1.0, 0.0, 1.0))
 
 
-def _sample(image: Tensor, xy: Tensor) -> Tensor:
-    """Bilinear values (N,) of a (H, W) map at pixel positions (N, 2); 0 outside."""
-    h, w = image.shape
-    grid = torch.stack([xy[:, 0] / w * 2 - 1, xy[:, 1] / h * 2 - 1], -1)
-    return F.grid_sample(image[None, None], grid[None, None], mode="bilinear", align_corners=False)[0, 0, 0]
-
-
 @torch.no_grad()
 def photo_skin_texture(
     photo: Tensor,
@@ -123,37 +116,12 @@ def photo_skin_texture(
     size: int,
     light: PointLight | None,
 ) -> UVTexture:
-    """The photo (3, H, W) projected into UV as ``project_photo_to_uv`` does (albedo with
-    ``light``, the mirror point where a texel is hidden, push-pull filling), with every
-    observation weighted by ``skin`` (H, W) at its photo position: ``confidence`` is the photo
-    weight W, and the colour is a mean over skin only (a texel whose own view shows hair takes
-    its mirror's skin). Written here from the projection's own pieces rather than calling it
-    twice (once for the colour, once for the mask): half the cost, and the colour mix can use
-    the skin weights."""
-    _, h, w = photo.shape
-    skin = skin.to(photo)
-    frags = rasterize(camera.project(vertices[None], w, h), faces, h, w, cull_backfaces=True)
-    depth_map = frags.scatter(frags.depth[:, None])[0, 0]
-    normals = vertex_normals(vertices[None], faces)[0]
-    attributes = torch.cat([vertices, normals, vertices[mirror_index], normals[mirror_index]], -1)
-    interpolated = texels.interpolate(attributes)
-    own_p, own_n = interpolated[:, :3], interpolated[:, 3:6]
-
-    own_c, own_w, own_xy = _observe(photo, depth_map, camera, own_p, own_n, light)
-    own_w = own_w * _sample(skin, own_xy)
-    # The mirror only where the texel itself is not seen as skin at full weight.
-    partly = (own_w < 1).nonzero()[:, 0]
-    seen_p, seen_n = interpolated[:, 6:].index_select(0, partly).split(3, -1)
-    seen_c, seen_w, seen_xy = _observe(photo, depth_map, camera, seen_p, seen_n, light)
-    seen_w = seen_w * _sample(skin, seen_xy)
-    mir_c = torch.zeros_like(own_c).index_copy_(0, partly, seen_c)
-    mir_w = torch.zeros_like(own_w).index_copy_(0, partly, seen_w) * (1 - own_w)
-    total = own_w + mir_w
-    colour = (own_c * own_w[:, None] + mir_c * mir_w[:, None]) / total.clamp_min(1e-8)[:, None]
-    image, conf = frags_to_image(texels.fragments, torch.cat([colour, total[:, None].clamp(0, 1)], -1), size).split(
-        [3, 1])
-    log.debug("blend: %.1f%% of texels seen as skin", 100 * float((conf > 0.5).float().mean()))
-    return UVTexture(image=push_pull_fill(image, conf).clamp(0, 1), confidence=conf)
+    """The photo (3, H, W) projected into UV (``project_photo_to_uv``: albedo with ``light``, the
+    mirror point where a texel is hidden, push-pull filling) with every observation weighted by
+    ``skin`` (H, W) at its photo position: ``confidence`` is the photo weight W, and the colour is
+    a mean over skin only (a texel whose own view shows hair takes its mirror's skin)."""
+    return project_photo_to_uv(photo, vertices, faces, None, None, camera, mirror_index, size, light,
+                               texels=texels, photo_weight=skin)
 
 
 def chart_mask(texels: UVTexels, size: int) -> Tensor:
