@@ -569,3 +569,27 @@ def test_png_encoder_round_trips_every_pixel(tmp_path: Path, shape: tuple[int, i
     with Image.open(path) as png:
         png.verify()
     assert np.array_equal(result_module.read_png(path), image)
+
+
+def test_write_npz_reuses_deflated_members_only_for_the_same_bytes(tmp_path: Path) -> None:
+    # write_npz remembers a reused member's deflated bytes by name and size: a different basis
+    # of the same size must be deflated anew, and every archive must read back exactly.
+    import zipfile
+
+    rng = np.random.default_rng(3)
+    basis = np.zeros((5, 40, 3), np.float32)
+    basis[:, :8] = rng.normal(size=(5, 8, 3))
+    other = basis.copy()
+    other[2, 3, 1] += 1.0
+    for index, deltas in enumerate((basis, basis, other, basis)):
+        arrays = {"vertices": rng.normal(size=(40, 3)).astype(np.float32), "expression_deltas": deltas}
+        path = tmp_path / f"{index}.npz"
+        atomic.write_npz(path, arrays, level=1, stored=("vertices",), reuse=("expression_deltas",))
+        with zipfile.ZipFile(path) as archive:
+            assert archive.testzip() is None
+            kinds = {info.filename: info.compress_type for info in archive.infolist()}
+        assert kinds == {"vertices.npy": zipfile.ZIP_STORED, "expression_deltas.npy": zipfile.ZIP_DEFLATED}
+        with np.load(path, allow_pickle=False) as npz:
+            assert sorted(npz.files) == ["expression_deltas", "vertices"]
+            for name, value in arrays.items():
+                assert npz[name].dtype == value.dtype and np.array_equal(npz[name], value)
