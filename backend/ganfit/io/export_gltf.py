@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,9 @@ def _morph_normal_rows(
     the faces around the affected vertices only, in the original order and with np.cross's
     arithmetic (the same sums to the last bit); every other vertex's delta is exactly zero, as
     it was when computed. Coordinates are kept as contiguous rows (3, V): numpy is several
-    times slower on the strided columns of (V, 3)."""
+    times slower on the strided columns of (V, 3). Which faces and vertices each expression
+    touches depends on the basis and the triangles only, the same in every result of a model,
+    so that plan is worked out once (``_morph_plan``) and only the arithmetic is per result."""
     neutral = np.asarray(neutral, dtype=np.float64)
     faces = np.asarray(faces)
     deltas = np.asarray(deltas)
@@ -120,6 +123,44 @@ def _morph_normal_rows(
     out = np.zeros((count, 3, num_vertices))
     if count == 0 or len(faces) == 0:
         return out
+    neutral_rows = np.ascontiguousarray(neutral.T)
+    normal_rows = np.ascontiguousarray(np.asarray(neutral_normals, dtype=np.float64).T)
+    for e, (where, used, ring, keys, where_used) in enumerate(_morph_plan(deltas, faces, num_vertices)):
+        if not len(where):
+            continue
+        # the moved positions of the vertices the ring uses only (the same sums as over all)
+        moved = np.take(neutral_rows, used, axis=1) + np.take(deltas[e], used, axis=0).T
+        p0, p1, p2 = (np.take(moved, ring[k], axis=1) for k in range(3))
+        a, b = p1 - p0, p2 - p0
+        cross = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+        # as _normal_sums: each face's normal summed into its corners, in the faces' order
+        # (numbered among the used vertices: the same additions in the same order per vertex)
+        sums = [np.bincount(keys, weights=np.repeat(c, 3), minlength=len(used)).take(where_used) for c in cross]
+        length = np.sqrt(sums[0] * sums[0] + sums[1] * sums[1] + sums[2] * sums[2])
+        ok = length > 0
+        safe = np.where(ok, length, 1.0)
+        for axis, unused in enumerate((0.0, 0.0, 1.0)):  # as _unit: a vertex with no area gets +z
+            out[e, axis, where] = np.where(ok, sums[axis] / safe, unused) - normal_rows[axis].take(where)
+    return out
+
+
+#: The last ``_morph_plan``: (faces bytes, deltas bytes, vertex count, plan); one model at a time.
+_MORPH_PLAN: list[tuple[bytes, bytes, int, list[tuple[np.ndarray, ...]]]] = []
+_MORPH_PLAN_LOCK = threading.Lock()
+
+
+def _morph_plan(deltas: np.ndarray, faces: np.ndarray, num_vertices: int) -> list[tuple[np.ndarray, ...]]:
+    """Per expression: the vertices whose normal it changes (``where``), the vertices the faces
+    around them use (``used``, sorted), those faces' corners as indices into ``used`` (3, n),
+    the corners flattened face by face (``keys``, as _normal_sums adds them), and ``where`` as
+    indices into ``used``. Remembered for the last basis and triangles (compared byte for
+    byte, ~1 ms), since every result of a model brings the same ones (~15 ms to work out)."""
+    faces_bytes, deltas_bytes = faces.tobytes(), deltas.tobytes()
+    with _MORPH_PLAN_LOCK:
+        for known_faces, known_deltas, known_count, plan in _MORPH_PLAN:
+            if known_count == num_vertices and known_faces == faces_bytes and known_deltas == deltas_bytes:
+                return plan
+    count = len(deltas)
     corners = [np.ascontiguousarray(faces[:, k]) for k in range(3)]
 
     def any_corner(per_vertex: np.ndarray) -> np.ndarray:  # (E, V) -> (E, F)
@@ -134,28 +175,16 @@ def _morph_normal_rows(
     for corner in corners:
         affected.reshape(-1)[expression * num_vertices + corner[face]] = True
     around = any_corner(affected)
-
-    neutral_rows = np.ascontiguousarray(neutral.T)
-    normal_rows = np.ascontiguousarray(np.asarray(neutral_normals, dtype=np.float64).T)
-    delta_rows = np.ascontiguousarray(deltas.transpose(0, 2, 1))
+    plan = []
     for e in range(count):
         where = np.flatnonzero(affected[e])
-        if not len(where):
-            continue
         ring = faces[around[e]]
-        moved = neutral_rows + delta_rows[e]
-        p0, p1, p2 = (np.take(moved, ring[:, k], axis=1) for k in range(3))
-        a, b = p1 - p0, p2 - p0
-        cross = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
-        # as _normal_sums: each face's normal summed into its corners, in the faces' order
-        keys = ring.reshape(-1)
-        sums = [np.bincount(keys, weights=np.repeat(c, 3), minlength=num_vertices).take(where) for c in cross]
-        length = np.sqrt(sums[0] * sums[0] + sums[1] * sums[1] + sums[2] * sums[2])
-        ok = length > 0
-        safe = np.where(ok, length, 1.0)
-        for axis, unused in enumerate((0.0, 0.0, 1.0)):  # as _unit: a vertex with no area gets +z
-            out[e, axis, where] = np.where(ok, sums[axis] / safe, unused) - normal_rows[axis].take(where)
-    return out
+        used, local = np.unique(ring, return_inverse=True)
+        local = local.reshape(ring.shape)
+        plan.append((where, used, np.ascontiguousarray(local.T), local.reshape(-1), np.searchsorted(used, where)))
+    with _MORPH_PLAN_LOCK:
+        _MORPH_PLAN[:] = [(faces_bytes, deltas_bytes, num_vertices, plan)]
+    return plan
 
 
 def camera_matrix(position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> np.ndarray:
