@@ -60,12 +60,18 @@ def _at(texture: torch.Tensor, layout: EyeMouthLayout) -> torch.Tensor:
     return texture.reshape(3, -1)[:, layout.index]
 
 
-def test_sclera_is_bright_and_nearly_neutral(fitted, layout: EyeMouthLayout):
+def test_hidden_eyeball_is_white_sclera(fitted, layout: EyeMouthLayout):
+    """Most of each eyeball is hidden behind the lids in the photo and stays painted: a bright,
+    nearly neutral sclera (what the photo saw and the eyeball beside it take the photo's colours:
+    ``test_eyeball_beside_what_the_photo_saw_takes_its_colours``)."""
     name, texture, _, _ = fitted
     sclera = _at(texture, layout)[:, layout.sclera]
-    mean = sclera.mean(1)
-    assert float(LUMA @ mean) > 0.7, (name, mean)
-    assert float(mean.max() - mean.min()) < 0.12, (name, mean)
+    luma = LUMA @ sclera
+    white = sclera[:, luma > 0.7]
+    # Measured: 135 and 70 of 768 (grace, astronaut); the rest is near what the photo saw.
+    assert white.shape[1] > 0.05 * sclera.shape[1], (name, white.shape[1], sclera.shape[1])
+    mean = white.mean(1)
+    assert float(mean.max() - mean.min()) < 0.2, (name, mean)  # the paint is a warm white: 0.08
 
 
 def test_teeth_are_not_dark(fitted, layout: EyeMouthLayout):
@@ -77,18 +83,52 @@ def test_teeth_are_not_dark(fitted, layout: EyeMouthLayout):
     assert interior[0] > 1.5 * interior[1] and float(LUMA @ interior) < 0.3, (name, interior)
 
 
-def test_iris_colour_is_the_photos(fitted, layout: EyeMouthLayout):
+def test_photo_iris_estimate_is_plausible(fitted):
+    """The photo's iris colour (``iris_colour``) is darker than the skin around it."""
     name, texture, estimate, light = fitted
     assert estimate is not None
-    pure = (layout.iris > 0.85) & (layout.iris < 1.1)
-    iris = _at(texture, layout)[:, pure].median(1).values
-    if name == "grace":
-        # Her glasses: the segmentation marks the eyes as lenses, so no eye texel is photo; the
-        # reconstructor passes no photo estimate to blend_texture (iris=...), so the default shows.
-        assert (iris - torch.tensor(DEFAULT_IRIS)).abs().max() < 0.03, iris
-        return
-    # Measured: 0.08 / 0.06 / 0.10 per channel (the division is in linear light, the estimate in sRGB).
-    assert (iris - estimate * light).abs().max() < 0.12, (name, iris, estimate, light)
+    skin = texture[:, int(SIZE * 0.28): int(SIZE * 0.36), int(SIZE * 0.3): int(SIZE * 0.7)].flatten(1).median(1).values
+    assert float(LUMA @ (estimate * light)) < float(LUMA @ skin), (name, estimate, skin)
+
+
+def test_eyeball_beside_what_the_photo_saw_takes_its_colours(layout: EyeMouthLayout):
+    """A photo sees a sliver of each eyeball; a turned view looks through the lids beside it.
+    There the photo's colours are spread (painted sclera showed as a white glare, dlib +0.04);
+    far from it the paint stays: white sclera and the given iris colour."""
+    from ganfit.texture.blend import EYE_FILL_REACH, chart_mask
+    from ganfit.fit.texture_projection import uv_texels
+    from ganfit.models.shape_model import load_default_shape_model
+
+    model = load_default_shape_model()
+    chart = chart_mask(uv_texels(model.uvs, model.uv_faces, model.faces, model.num_vertices, SIZE), SIZE)
+    rows, cols = layout.index // SIZE, layout.index % SIZE
+    eyes = layout.charts == 0
+    # The sliver: the upper rows of the first eye's texels.
+    first = eyes & (cols < cols[eyes].float().median())
+    top = rows[first].min()
+    sliver = first & (rows < top + 3)
+    seen = torch.zeros(1, SIZE * SIZE)
+    seen[0, layout.index[sliver]] = 1
+    photo_colour = torch.tensor([0.3, 0.25, 0.2])
+    image = photo_colour[:, None, None].expand(3, SIZE, SIZE).clone()
+    iris = torch.tensor([0.2, 0.4, 0.6])
+    out = paint_eyes_and_mouth(image, UVTexture(image=image, confidence=seen.view(1, SIZE, SIZE)), chart, iris)
+    at = _at(out, layout)
+    assert torch.allclose(at[:, sliver], photo_colour[:, None].expand(3, int(sliver.sum())))
+    # Beside the sliver (within half the reach): the photo's colour.
+    reach = EYE_FILL_REACH * SIZE
+    distance = ((rows[:, None] - rows[sliver][None]).float().square()
+                + (cols[:, None] - cols[sliver][None]).float().square()).sqrt().min(1).values
+    beside = eyes & ~sliver & (distance <= 0.5 * reach)
+    assert beside.sum() > 5
+    assert (at[:, beside] - photo_colour[:, None]).abs().max() < 0.05
+    # Far from it: the paint.
+    far = eyes & (distance > 2.5 * reach)
+    white = far & layout.sclera
+    assert white.sum() > 50 and float(LUMA @ at[:, white].mean(1)) > 0.7
+    pure = far & (layout.iris > 0.85) & (layout.iris < 1.1)
+    assert pure.sum() >= 3  # the other eye's iris (the layout has 9 such texels at 256 px)
+    assert (at[:, pure].median(1).values - iris).abs().max() < 0.15
 
 
 def test_robust_iris_colour_ignores_pupil_and_sclera():
