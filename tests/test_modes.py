@@ -52,6 +52,10 @@ def test_fast_mode_places_the_head_in_one_pass(grace_path: Path, tmp_path: Path,
     assert "landmark error" in capsys.readouterr().out
     # A light is never negative (the shipped weights' raw red colour is -0.07: glTF refuses it).
     assert (result.light.colour >= 0).all() and (result.light.ambient >= 0).all()
+    # No landmark moves with tongueOut, so the network's 0.9 for every face is not used: 0.
+    names = list(result.expression_names)
+    assert result.expression_weights[names.index("tongueOut")] == 0
+    assert np.abs(result.expression_weights).max() > 0.05  # the others are the network's
 
 
 def test_ganfit_plus_plus_starts_from_the_regression_and_runs_fewer_steps(grace_path: Path, tmp_path: Path) -> None:

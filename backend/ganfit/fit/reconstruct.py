@@ -110,6 +110,7 @@ class Reconstructor:
         self._regressor: "RegressionEncoder | None" = None
         self._texels: dict[int, UVTexels] = {}
         self._fitters: dict[str, "TextureFitter"] = {}
+        self._seen_expressions: torch.Tensor | None = None
         self._charts: dict[int, torch.Tensor] = {}
         #: Seconds per stage of the last reconstruction (detection, landmarks, identity network,
         #: regression, landmark fit, lighting, fitting, texture): the speed benchmarks read it.
@@ -414,11 +415,25 @@ class Reconstructor:
                                   for k in ("rotation", "offset", "log_depth", "focal")))
                 light = _cat_lights([p.point_light() for p in picked])
                 identity = torch.cat([p.identity for p in picked]).mean(0, keepdim=True)
-                starts.append(_Start(pose, identity, torch.cat([p.expression for p in picked]), light, {}))
+                expression = torch.cat([p.expression for p in picked]) * self._landmark_seen_expressions()
+                starts.append(_Start(pose, identity, expression, light, {}))
         if self._fits():  # GANFit++: from the network's output to the landmark terms' nearest minimum
             with self.timings.timed("landmark fit"):
                 starts = [self._solve_landmarks(person, start) for person, start in zip(people, starts)]
         return starts
+
+    def _landmark_seen_expressions(self) -> torch.Tensor:
+        """(Ke,) 1 for the expressions that move some landmark vertex, 0 for the others (the
+        default head's tongueOut). Why: stage 1 of the regressor's training sees only landmarks,
+        so nothing pulls such an expression to its prior, and the shipped network says
+        tongueOut 0.90-0.96 for every face: hidden behind closed lips, but a tongue through the
+        teeth as soon as an artist opens the jaw. They start at the prior's mean, 0."""
+        if self._seen_expressions is None:
+            basis = self.model.expression_basis * self.model.expression_std[:, None, None]
+            at_landmarks = basis[:, self.model.landmark_indices.long()].norm(dim=-1).amax(1)
+            anywhere = basis.norm(dim=-1).amax(1)
+            self._seen_expressions = (at_landmarks > 0.01 * anywhere).to(self.dtype)
+        return self._seen_expressions
 
     def _solve_landmarks(self, person: "_Prepared", start: "_Start") -> "_Start":
         joint = self.settings.joint
