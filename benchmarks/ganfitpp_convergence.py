@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from identity_distance import TURN_DEGREES, utkface_test_photos
+from identity_distance import TURN_DEGREES, UTKFACE, utkface_test_photos
 from report import RESULTS, publish, replace_block
-from table1 import Runner, commits, git_commit, mode_settings, weights_hash
+from table1 import Runner, commits, git_commit, held_out_photos, mode_settings, weights_hash
 
 from ganfit.errors import GanfitError
+from ganfit.train.regressor import RegressorTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "docs" / "images" / "ganfitpp_convergence.png"
@@ -79,7 +80,8 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def plot(path: Path, ganfit: np.ndarray, plus: np.ndarray, default_steps: int, photos: int, hashed: str) -> None:
+def plot(path: Path, ganfit: np.ndarray, plus: np.ndarray, default_steps: int, photos: int, hashed: str,
+         kind: str = "tuning") -> None:
     """Mean curves with their interquartile band; GANFit's mean final value and GANFit++'s
     default step count marked; a log scale when the curves span more than a factor 4."""
     import matplotlib
@@ -99,7 +101,7 @@ def plot(path: Path, ganfit: np.ndarray, plus: np.ndarray, default_steps: int, p
     ax.axvline(default_steps, color="grey", linestyle=":", linewidth=1, label=f"GANFit++ default ({default_steps} steps)")
     ax.set_xlabel("optimisation steps of the full objective (eq. 13)")
     ax.set_ylabel("full objective (total)")
-    ax.set_title(f"GANFit++ convergence, {photos} UTKFace photos (band: 25-75th percentile)", fontsize=10)
+    ax.set_title(f"GANFit++ convergence, {photos} {kind} UTKFace photos (band: 25-75th percentile)", fontsize=10)
     ax.set_xlim(1, max(ganfit.shape[1], plus.shape[1]))
     means = np.concatenate([ganfit.mean(0), plus.mean(0)])
     if means.max() > 4 * means.min() > 0:  # a far start would flatten the end, where the curves meet
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="10,20,30,60",
                         help="GANFit++ full-objective step counts to judge (default 10,20,30,60; the largest gives the curve)")
     parser.add_argument("--photos-limit", type=int, default=None, help="only the first N of the 20 photos")
+    parser.add_argument("--held-out", action="store_true",
+                        help="the first 20 held-out photos (never trained or tuned on; table1.py's order) instead "
+                             "of the 20 tuning photos; writes *_held_out outputs and the markdown block "
+                             "convergence-held-out")
     parser.add_argument("--regressor", type=Path, default=None, help="regressor weights (default: the shipped ones)")
     parser.add_argument("--plot", type=Path, default=PLOT, help="the PNG (default docs/images/ganfitpp_convergence.png)")
     parser.add_argument("--markdown", type=Path, default=None,
@@ -132,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             raise GanfitError(f"--photos-limit {args.photos_limit}: expected a whole number of at least 1")
         if args.regressor is not None and not args.regressor.is_file():
             raise GanfitError(f"--regressor {args.regressor}: file not found")
-        photos = utkface_test_photos()[: args.photos_limit]  # photo i is fitted with seed i
+        if args.held_out:
+            fraction = RegressorTrainConfig(out="").held_out
+            photos = held_out_photos(UTKFACE, fraction)[:20][: args.photos_limit]
+        else:
+            photos = utkface_test_photos()[: args.photos_limit]  # photo i is fitted with seed i
         missing = [p for p in photos if not p.is_file()]
         if missing:
             raise GanfitError(f"{missing[0]}: not found (UTKFace lives in ../shared/data/utkface/crop_part1)")
@@ -146,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if os.environ.get("GANFIT_THREADS") != "1":
         print("ganfitpp_convergence: note: GANFIT_THREADS is not 1; the seconds are not the one-thread figures", file=sys.stderr)
+    photo_set = ("held-out photos (never trained or tuned on)" if args.held_out
+                 else "objective tuning photos (OBJECTIVE_TEST_PHOTOS)")
+    suffix = "_held_out" if args.held_out else ""
+    if args.held_out and args.plot == PLOT:
+        args.plot = PLOT.with_name(f"ganfitpp_convergence{suffix}.png")
     curve_steps = steps[-1]
     default_steps = mode_settings("ganfit++").joint.steps  # GANFit++'s default step count
     runner = Runner(use_cache=not args.no_cache)
@@ -196,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     lower_at_default = int(np.sum(p_curves[:, d] < g_curves[:, d]))
     below_final_at_default = int(np.sum(p_curves[:, d] <= g_curves[:, -1]))
     lines = [
-        f"GANFit++ convergence (paper Fig. 7) on the {len(used)} objective tuning photos (OBJECTIVE_TEST_PHOTOS); "
+        f"GANFit++ convergence (paper Fig. 7) on the {len(used)} {photo_set}; "
         f"regressor sha256 {hashed[:12]}; {os.environ.get('GANFIT_THREADS', 'default')} thread(s)",
         f"objective: result.losses['joint_total'] per full-objective step; GANFit: {ganfit_settings[0].landmark.steps} landmark + "
         f"{ganfit_settings[0].appearance.steps} lighting steps (not on the curve), then {g_steps} steps; "
@@ -238,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         markdown.append(f"| {mode} | {label if mode == 'GANFit' else 'landmark solve + 0 + ' + label} | {s['overlay']:.3f} | {s['turned']:.3f} | "
                         f"{versus} | {s['landmark_error_iod']:.2%} | {s['seconds']:.2f} | {s['cpu_seconds']:.2f} |")
     lines.append(f"({runner.fresh} fits run now, the rest from the cache; {time.perf_counter() - started:.0f} s)")
-    publish("ganfitpp_convergence", lines)
+    publish(f"ganfitpp_convergence{suffix}", lines)
 
-    plot(args.plot, g_curves, p_curves, default_steps, len(used), hashed)
+    plot(args.plot, g_curves, p_curves, default_steps, len(used), hashed, "held-out" if args.held_out else "tuning")
     print(f"wrote {args.plot} ({args.plot.stat().st_size // 1024} KB)", file=sys.stderr)
-    (RESULTS / "ganfitpp_convergence.json").write_text(json.dumps({
+    (RESULTS / f"ganfitpp_convergence{suffix}.json").write_text(json.dumps({
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
         "weights_sha256": hashed, "photos": used, "ganfit_curves": g_curves.tolist(), "ganfitpp_curves": p_curves.tolist(),
         "first_step_reaching": reach, "first_step_reaching_smoothed": reach_smooth, "mean_curve_reaching": mean_reach,
@@ -262,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = (f"Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; engine commit of GANFit's fits "
                  f"{commits(ganfit)}, of GANFit++'s {commits(r for n in steps for r in plus[n])}; "
                  f"GANFIT_THREADS={os.environ.get('GANFIT_THREADS', 'unset')}, regressor weights sha256 `{hashed[:12]}`.")
-        replace_block(args.markdown, "convergence", summary + ["", f"Identity on the same {len(used)} photos, "
+        replace_block(args.markdown, "convergence" + ("-held-out" if args.held_out else ""), summary + ["", f"Identity on the same {len(used)} photos, "
                       f"dlib descriptor distance to the photo (turned: the head turned {TURN_DEGREES:g}°), means:", ""]
                       + markdown + ["", stamp])
     return 0
