@@ -79,8 +79,10 @@ class BlendSettings:
     levels: int = 6
     #: The skin mask's edge is softened and pulled inward by this share of the face's height (in
     #: photo pixels), so the segmentation's border (a hairline pixel taken for skin) gets little
-    #: weight.
-    edge_softness: float = 0.015
+    #: weight. Measured on UTKFace 20 (dlib turned 25 degrees on the face alone / foreign colour /
+    #: seen skin's sharpness against the photo texture): 0.015: 0.3145 / 4.4% / 0.98x; 0.0075:
+    #: 0.3136 / 4.8% / 1.00x; 0: 0.3127 / 5.1% / 1.00x.
+    edge_softness: float = 0.0075
     #: Photo weight from which the photo is kept exactly (ramping to it at weight 1).
     exact_from: float = 0.8
     #: Steps of the weighted inversion for texture models that are not affine in their latent.
@@ -330,7 +332,12 @@ def blend_texture(
     weight = photo.confidence
     model = fitted_model(photo, fitter, chart, start)
     levels = max(1, min(settings.levels + max(int(np.log2(size)) - 9, 0), int(np.log2(size)) - 2))
-    blended = multiband_blend(photo.image, model, weight, chart, levels)
+    # A texel the photo barely trusts still has its own observation's colour (the projection
+    # normalises by the weight): hair or background just past the skin border. The bands take the
+    # photo from around instead where its weight is low (push-pull with the weight squared), so the
+    # border's edge does not reach the fine bands at the boundary (seam ratio 10.5 -> 8.1, UTKFace 20).
+    trusted = push_pull_fill(photo.image, weight * weight)
+    blended = multiband_blend(trusted, model, weight, chart, levels)
     # Skin seen squarely keeps the photo exactly: the pyramid's coarse bands mix in a little of the
     # model even where W is 1 near its edge (seen skin was 0.97x the photo's sharpness without this).
     exact = ((weight - settings.exact_from) / (1.0 - settings.exact_from)).clamp(0, 1) * chart
