@@ -20,7 +20,7 @@ from ganfit.fit.texture_projection import project_photo_to_uv
 from ganfit.render import Camera, PointLight
 from ganfit.settings import build_settings
 from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, chart_mask, fitted_model,
-                                  multiband_blend, photo_skin_texture, skin_mask)
+                                  match_colour_locally, multiband_blend, photo_skin_texture, skin_mask)
 from ganfit.texture.model import SHIPPED_GAN, load_texture_model
 from ganfit.texture.segmentation import segment_photo
 
@@ -78,6 +78,29 @@ def test_multiband_blend_is_the_photo_where_w_is_1_and_the_model_where_0():
     assert (out - model)[:, right].abs().max() < 0.03
     # The transition is gradual: halfway at the line, within the two values.
     assert (out[:, inside] - torch.minimum(photo, model)[:, inside]).min() > -0.1
+
+
+def test_local_colour_match_takes_the_tone_around_the_seen_skin():
+    """A model grey everywhere; the photo, trusted on the left half, warmer toward the top. After
+    the local match the model beside the trusted half has the photo's tone at that height, not
+    one average tone, and the photo's fine detail does not come along."""
+    size = 256
+    rows = torch.linspace(0, 1, size)[:, None].expand(size, size)
+    gen = torch.Generator().manual_seed(1)
+    photo = torch.stack([0.7 - 0.2 * rows, 0.5 + 0 * rows, 0.4 + 0.1 * rows]) + 0.05 * torch.randn(3, size, size, generator=gen)
+    model = torch.full((3, size, size), 0.5)
+    weight = torch.zeros(1, size, size)
+    weight[..., : size // 2] = 1
+    chart = torch.ones(1, size, size)
+    out = match_colour_locally(model, photo, weight, chart, cells=32)
+    beside = out[:, :, size // 2 + 4: size // 2 + 12]  # just right of the trusted half
+    top, bottom = beside[:, : size // 8].mean((1, 2)), beside[:, -size // 8:].mean((1, 2))
+    assert abs(float(top[0]) - 0.68) < 0.05 and abs(float(bottom[0]) - 0.52) < 0.05, (top, bottom)
+    assert abs(float(top[2]) - 0.41) < 0.05 and abs(float(bottom[2]) - 0.49) < 0.05, (top, bottom)
+    # Smooth: no noise carried over (its std is 0.05 in the photo).
+    assert float(beside[0].diff(dim=1).std()) < 0.005
+    # Off: unchanged.
+    assert torch.equal(match_colour_locally(model, photo, weight, chart, cells=0), model)
 
 
 def _rendered_head(reconstructor: Reconstructor, result, foreign: bool):

@@ -74,6 +74,8 @@ class BlendSettings:
     prior_weight: float = 1e-5
     #: Texels that count for the colour match: photo weight above this.
     match_threshold: float = 0.5
+    #: Cells across the map for the local colour match (``match_colour_locally``; 0: off).
+    local_match_cells: int = 32
     #: Pyramid levels of the multi-band blend at 512 px (the coarsest is 16 px); a larger texture
     #: gets one more per doubling, so colour still switches over the same share of the head.
     levels: int = 6
@@ -250,6 +252,24 @@ def match_colour(model: Tensor, photo: Tensor, weight: Tensor, threshold: float 
     return linear_to_srgb(m * gain[:, None] + offset[:, None]).view_as(model).clamp(0, 1)
 
 
+def match_colour_locally(model: Tensor, photo: Tensor, weight: Tensor, chart: Tensor, cells: int) -> Tensor:
+    """``model`` (3, S, S) plus the photo's low-frequency difference from it where the photo is
+    trusted, carried outward from there: the colour of the skin around the seen face, at the scale
+    of ``cells`` cells across the map. Why: one gain and offset per channel (``match_colour``)
+    leaves the model's regional tone (an orange ring where glasses were, a paler jaw), and the
+    blend's coarse bands then show the face as a patch of another tone. Computed on a
+    ``cells``-cell copy (area averages weighted by ``weight``), filled by push-pull, and scaled
+    back up bilinearly, so it costs the same at any texture size."""
+    if cells < 2:
+        return model
+    w = (weight * chart)[None]
+    small = _resize(torch.cat([(photo - model)[None] * w, w], 1), cells)[0]
+    known = small[3:]
+    difference = small[:3] / known.clamp_min(1e-6)
+    filled = push_pull_fill(difference, (known > 0.3).to(known))
+    return (model + _resize(filled[None], model.shape[-1])[0]).clamp(0, 1)
+
+
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
@@ -313,6 +333,7 @@ def fitted_model(photo: UVTexture, fitter: TextureFitter, chart: Tensor, start: 
     decoded = fitter.fit(photo.image, photo.confidence, start)
     model = _resize(decoded[None], size)[0].clamp(0, 1)
     model = match_colour(model, photo.image, photo.confidence, fitter.settings.match_threshold)
+    model = match_colour_locally(model, photo.image, photo.confidence, chart, fitter.settings.local_match_cells)
     return push_pull_fill(model, chart)  # past the chart borders: the charts' own colours
 
 
