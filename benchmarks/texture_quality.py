@@ -12,7 +12,10 @@ GANFit++ fit (the default mode) and five figures:
 3. seam: ``metrics.seam_ratio``, the gradient energy across the photo/model boundary over that
    inside each side, for the configurations that combine the photo with something else. The
    boundary is the 0.5 contour of the texture's photo weight when the result exposes one, else
-   of the projection's confidence times the photo's skin segmentation carried into UV;
+   of the projection's confidence times the photo's skin segmentation carried into UV. The photo
+   and GAN textures are measured on that contour too: they have no photo/model boundary, so
+   theirs is the reference (on the photo texture the contour runs along the photo's own edges:
+   the hairline, nostrils, lid rims, the crop's border);
 4. identity: dlib's distance from the photo to the head turned 25 degrees, as table1 measures
    it, and on the face alone: hair and headwear (``segment_photo``'s HAIR and
    HEADWEAR_OR_GLASSES) set to grey in the photo, and in the render the texels onto which the
@@ -316,12 +319,14 @@ def measure(fit: Fit, photo: Path, config: Config, views: Views, judge: DlibJudg
         "seam": None,
         "seam_boundary": None,
     }
-    if config.seam:
-        if fit.photo_weight is not None:
-            weight, figures["seam_boundary"] = fit.photo_weight, "the result's photo weight"
-        else:
-            weight, figures["seam_boundary"] = confidence * carried[..., 0], "projection confidence x skin"
-        figures["seam"] = seam_ratio(fit.texture, weight, masks.head_skin)
+    # Every configuration is measured on the contour, also those with no photo/model boundary
+    # (photo, gan): on the photo texture it is the photo's own edges there (hairline, nostrils,
+    # lids, the crop's border), the reference that a blend's figure is read against.
+    if config.seam and fit.photo_weight is not None:
+        weight, figures["seam_boundary"] = fit.photo_weight, "the result's photo weight"
+    else:
+        weight, figures["seam_boundary"] = confidence * carried[..., 0], "projection confidence x skin"
+    figures["seam"] = seam_ratio(fit.texture, weight, masks.head_skin)
     # Identity on the face alone: hair and headwear grey in the photo and in the turned render.
     grey = np.uint8(128)
     photo_masked = np.where(covered[..., None], grey, pixels)
@@ -464,7 +469,8 @@ def verdicts(candidate: str, groups: dict[str, dict[str, dict[str, float]]]) -> 
                             f"{'MET' if s[key] >= 2 * gan[key] else 'NOT met'}" if gan else "; gan not run"))
         if math.isfinite(s["seam"]):
             lines.append(f"{group}: seam ratio {s['seam']:.2f} (no step: near 1; we call <= 1.5 no step): "
-                         f"{'MET' if s['seam'] <= 1.5 else 'NOT met'}")
+                         f"{'MET' if s['seam'] <= 1.5 else 'NOT met'} (the photo texture, which has no seam, scores "
+                         f"{base['seam']:.2f} on the same contour)")
         delta = s["turned_masked"] - base["turned_masked"]
         lines.append(f"{group}: identity, masked turned {delta:+.3f} vs photo (target <= +0.010): "
                      f"{'MET' if delta <= 0.01 else 'NOT met'} (unmasked {s['turned'] - base['turned']:+.3f})")
@@ -557,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         "sharp chart / sharp face: mean squared Laplacian of the luminance (x 1000) on the face chart / on the face "
         "inside the landmarks (jaw, brows raised 10%); sharp skin: the same face region where the photo shows skin "
         "seen squarely (projection confidence and segmentation skin > 0.9); x photo, x gan: ratios",
-        "seam: gradient energy on the photo/model boundary / inside each side (1 = no step; - = no boundary)",
+        "seam: gradient energy on the photo/model boundary / inside each side (1 = no step); photo and gan have no "
+        "such boundary: theirs is the same contour on their own texture (for photo: the photo's own edges there)",
         f"turned {TURN_DEGREES:g}°: dlib distance photo -> turned render; masked: hair and headwear grey in both; "
         "Δ masked: against today's default",
     ]
