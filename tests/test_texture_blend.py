@@ -20,7 +20,8 @@ from ganfit.fit.texture_projection import project_photo_to_uv
 from ganfit.render import Camera, PointLight
 from ganfit.settings import build_settings
 from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, chart_mask, fitted_model,
-                                  match_colour_locally, multiband_blend, photo_skin_texture, skin_mask)
+                                  match_colour, match_colour_locally, multiband_blend, photo_skin_texture,
+                                  skin_mask)
 from ganfit.texture.model import SHIPPED_GAN, load_texture_model
 from ganfit.texture.segmentation import segment_photo
 
@@ -101,6 +102,29 @@ def test_local_colour_match_takes_the_tone_around_the_seen_skin():
     assert float(beside[0].diff(dim=1).std()) < 0.005
     # Off: unchanged.
     assert torch.equal(match_colour_locally(model, photo, weight, chart, cells=0), model)
+
+
+def test_a_black_and_white_photo_gets_a_model_in_its_tone():
+    """A toned black-and-white photo: the matched model has the photo's tone everywhere, also where
+    the photo is not trusted (no bluish neck); a colour photo keeps the model's colour variation."""
+    from ganfit.render.shading import linear_to_srgb, srgb_to_linear
+
+    size = 64
+    gen = torch.Generator().manual_seed(2)
+    model = torch.rand(3, size, size, generator=gen) * 0.6 + 0.2  # colourful
+    tone = torch.tensor([1.0, 0.85, 0.7])  # sepia, linear light
+    luminance = torch.rand(1, size, size, generator=gen) * 0.5 + 0.2
+    toned = linear_to_srgb(luminance * tone[:, None, None])
+    weight = torch.zeros(1, size, size)
+    weight[..., : size // 2] = 1
+    out = srgb_to_linear(match_colour(model, toned, weight))[:, :, size // 2:]  # the untrusted half
+    ratios = out / out[1:2].clamp_min(1e-4)
+    assert (ratios[0] - tone[0] / tone[1]).abs().median() < 0.05, ratios[0].median()
+    assert (ratios[2] - tone[2] / tone[1]).abs().median() < 0.05, ratios[2].median()
+    # A colour photo (the model itself, shifted): the model's own colour variation stays.
+    coloured = match_colour(model, (model * 0.9).clamp(0, 1), weight)
+    spread = (coloured.max(0).values - coloured.min(0).values).mean()
+    assert float(spread) > 0.2, spread
 
 
 def _rendered_head(reconstructor: Reconstructor, result, foreign: bool):
