@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the table here (between <!-- table1 --> markers if the file has them, else appended)")
     parser.add_argument("--json", type=Path, default=RESULTS / "table1.json", help="every photo's figures")
-    parser.add_argument("--no-cache", action="store_true", help="fit everything again (and refresh the cache)")
+    parser.add_argument("--no-cache", action="store_true", help="fit the --modes run again (and refresh their cache); the other modes still show their cached rows")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
@@ -307,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def cached_only(mode: str, photo: Path) -> dict[str, Any] | None:
         target = runner.cache / mode.replace("+", "p") / f"{photo.stem[:40]}-{cache_key(settings[mode], photo, weights[mode])}.json"
-        return json.loads(target.read_text()) if target.is_file() and not args.no_cache else None
+        # The modes not run keep their cached rows even with --no-cache (it refits the --modes
+        # run): refreshing one mode must not drop the others from the table it writes.
+        return json.loads(target.read_text()) if target.is_file() else None
 
     def collect(photos: list[Path], wanted: int | None, log: Callable[[str], None]) -> tuple[dict[str, list], list]:
         """Fit the photos in order until ``wanted`` have a usable face (all, if None)."""
