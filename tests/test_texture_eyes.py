@@ -140,6 +140,33 @@ def test_robust_iris_colour_ignores_pupil_and_sclera():
     assert robust_iris_colour(colours[:5]) is None
 
 
+def test_a_black_and_white_photo_gets_eyes_and_mouth_in_its_tone(layout: EyeMouthLayout):
+    """Painted irises and a red mouth on a black-and-white head look coloured in: the paint takes
+    the photo's tone (here a sepia, linear light 1 : 0.85 : 0.7) where the photo saw nothing."""
+    from ganfit.fit.texture_projection import uv_texels
+    from ganfit.models.shape_model import load_default_shape_model
+    from ganfit.render.shading import linear_to_srgb, srgb_to_linear
+    from ganfit.texture.blend import chart_mask
+
+    model = load_default_shape_model()
+    chart = chart_mask(uv_texels(model.uvs, model.uv_faces, model.faces, model.num_vertices, SIZE), SIZE)
+    tone = torch.tensor([1.0, 0.85, 0.7])
+    image = linear_to_srgb((torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 0.4 + 0.2)
+                           * tone[:, None, None])
+    seen = torch.zeros(1, SIZE, SIZE)
+    seen[..., : SIZE // 3, :] = 1  # the photo saw the upper third (no eye or mouth texel)
+    assert not bool((seen.reshape(-1)[layout.index] > 0).any())
+    out = paint_eyes_and_mouth(image, UVTexture(image=image, confidence=seen), chart)
+    mouth = srgb_to_linear(_at(out, layout)[:, layout.interior])
+    ratios = mouth / mouth[1:2].clamp_min(1e-4)
+    assert (ratios[0] - tone[0] / tone[1]).abs().max() < 0.02 and (ratios[2] - tone[2] / tone[1]).abs().max() < 0.02
+    # A colour photo keeps the red mouth.
+    coloured = paint_eyes_and_mouth(torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(4)),
+                                    UVTexture(image=torch.rand(3, SIZE, SIZE), confidence=seen), chart)
+    red = _at(coloured, layout)[:, layout.interior].mean(1)
+    assert red[0] > 2 * red[1], red
+
+
 def test_photo_wins_where_seen_and_other_layouts_are_untouched(layout: EyeMouthLayout):
     from ganfit.texture.blend import chart_mask
     from ganfit.fit.texture_projection import uv_texels

@@ -242,6 +242,24 @@ _LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
 MONOCHROME_SATURATION = 0.45
 
 
+def monochrome_tone(photo: Tensor, weight: Tensor, threshold: float = 0.5) -> Tensor | None:
+    """(3,) the tone of a black-and-white or toned photo texture (3, S, S): its trusted texels'
+    (``weight`` > ``threshold``) mean colour over their mean luminance, in linear light; None for
+    a colour photo (mean saturation, (max - min) / max, at or above ``MONOCHROME_SATURATION``) or
+    too few trusted texels."""
+    w = (weight * (weight > threshold)).flatten()
+    total = w.sum()
+    if float(total) < 16:
+        return None
+    p = srgb_to_linear(photo).flatten(1)
+    brightest = p.max(0).values
+    saturation = float((((brightest - p.min(0).values) / brightest.clamp_min(1e-3)) * w).sum() / total)
+    if saturation >= MONOCHROME_SATURATION:
+        return None
+    mean = (p * w).sum(1) / total
+    return mean / (_LUMA.to(mean) @ mean).clamp_min(1e-4)
+
+
 def match_colour(model: Tensor, photo: Tensor, weight: Tensor, threshold: float = 0.5) -> Tensor:
     """``model`` (3, S, S) with a per-channel gain and offset in linear light fitted by weighted
     least squares to ``photo`` where ``weight`` > ``threshold``; unchanged if too few texels.
@@ -254,9 +272,7 @@ def match_colour(model: Tensor, photo: Tensor, weight: Tensor, threshold: float 
         return model
     m, p = srgb_to_linear(model).flatten(1), srgb_to_linear(photo).flatten(1)
     total = w.sum()
-    brightest = p.max(0).values
-    saturation = float((((brightest - p.min(0).values) / brightest.clamp_min(1e-3)) * w).sum() / total)
-    if saturation < MONOCHROME_SATURATION:
+    if monochrome_tone(photo, weight, threshold) is not None:
         m = (_LUMA.to(m) @ m)[None].expand_as(m)
     mm, pm = (m * w).sum(1) / total, (p * w).sum(1) / total
     cov = ((m - mm[:, None]) * (p - pm[:, None]) * w).sum(1) / total
@@ -642,6 +658,10 @@ def paint_eyes_and_mouth(image: Tensor, photo: UVTexture, chart: Tensor, iris: T
     if iris is None:
         iris = torch.tensor(DEFAULT_IRIS)
     painted = layout.base.to(dev, dtype) + layout.iris.to(dev, dtype) * iris.to(dev, dtype)[:, None]
+    tone = monochrome_tone(photo.image, photo.confidence)
+    if tone is not None:  # a black-and-white photo: the paint in its tone, not coloured
+        grey = _LUMA.to(painted) @ srgb_to_linear(painted)
+        painted = linear_to_srgb(grey[None] * tone.to(painted)[:, None]).clamp(0, 1)
     painted = _near_seen_eyes_from_photo(painted, colours, w, eyes, layout)
     mixed = painted * (1 - w) + colours * w
     out = image.reshape(3, -1).clone()
