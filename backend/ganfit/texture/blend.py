@@ -557,7 +557,7 @@ def robust_iris_colour(colours: Tensor) -> Tensor | None:
     median per channel. None with fewer than 12 colours."""
     if colours.shape[0] < 12:
         return None
-    lum = colours @ torch.tensor([0.2126, 0.7152, 0.0722], dtype=colours.dtype, device=colours.device)
+    lum = colours @ _LUMA.to(colours)
     order = lum.argsort()
     n = order.numel()
     band = order[int(0.1 * n): max(int(0.5 * n), int(0.1 * n) + 1)]
@@ -596,10 +596,11 @@ def _near_seen_eyes_from_photo(painted: Tensor, colours: Tensor, w: Tensor, eyes
                                 layout: EyeMouthLayout) -> Tensor:
     """``painted`` (3, N) with the eyeball texels within ``EYE_FILL_REACH`` of those the photo saw
     (``w`` > 0.5) taking the seen ones' colours, spread over the eyeball (push-pull): fully within
-    half the reach, fading out by one and a half. Why: the photo sees a sliver of each eyeball, and a turned view looks
-    through the lids at eyeball beside it (parallax); painted sclera there has no lid shadow
-    (the renderer has none) and shows as a white glare (dlib, turned 25 degrees, face alone:
-    0.353 against 0.311 with the photo's colours, UTKFace 20). The rest keeps the paint."""
+    half the reach, fading out by one and a half. Why: the photo sees a sliver of each eyeball,
+    and a turned view looks through the lids at eyeball beside it (parallax); painted sclera there
+    has no lid shadow (the renderer has none) and shows as a white glare (dlib, turned 25 degrees,
+    face alone: 0.353 against 0.311 with the photo's colours, UTKFace 20). The rest keeps the
+    paint."""
     seen = ((w > 0.5) & eyes).to(painted.dtype)
     if float(seen.sum()) < 1:
         return painted
