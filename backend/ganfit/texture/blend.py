@@ -248,15 +248,20 @@ def monochrome_tone(photo: Tensor, weight: Tensor, threshold: float = 0.5) -> Te
     a colour photo (mean saturation, (max - min) / max, at or above ``MONOCHROME_SATURATION``) or
     too few trusted texels."""
     w = (weight * (weight > threshold)).flatten()
-    total = w.sum()
-    if float(total) < 16:
+    if float(w.sum()) < 16:
         return None
-    p = srgb_to_linear(photo).flatten(1)
-    brightest = p.max(0).values
-    saturation = float((((brightest - p.min(0).values) / brightest.clamp_min(1e-3)) * w).sum() / total)
+    return _monochrome_tone(srgb_to_linear(photo).flatten(1), w)
+
+
+def _monochrome_tone(linear: Tensor, w: Tensor) -> Tensor | None:
+    """``monochrome_tone`` of the photo's texels already in linear light (3, N) with their
+    weights (N,) (at least 16 in all)."""
+    total = w.sum()
+    brightest = linear.max(0).values
+    saturation = float((((brightest - linear.min(0).values) / brightest.clamp_min(1e-3)) * w).sum() / total)
     if saturation >= MONOCHROME_SATURATION:
         return None
-    mean = (p * w).sum(1) / total
+    mean = (linear * w).sum(1) / total
     return mean / (_LUMA.to(mean) @ mean).clamp_min(1e-4)
 
 
@@ -272,7 +277,7 @@ def match_colour(model: Tensor, photo: Tensor, weight: Tensor, threshold: float 
         return model
     m, p = srgb_to_linear(model).flatten(1), srgb_to_linear(photo).flatten(1)
     total = w.sum()
-    if monochrome_tone(photo, weight, threshold) is not None:
+    if _monochrome_tone(p, w) is not None:  # (the photo in linear light once, for both)
         m = (_LUMA.to(m) @ m)[None].expand_as(m)
     mm, pm = (m * w).sum(1) / total, (p * w).sum(1) / total
     cov = ((m - mm[:, None]) * (p - pm[:, None]) * w).sum(1) / total
