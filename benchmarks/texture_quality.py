@@ -418,8 +418,9 @@ def fmt(value: float, spec: str) -> str:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
-    return {key: mean([r[key] for r in rows]) for key in ("foreign", "sharpness", "sharpness_face", "sharpness_skin", "seam", "turned", "turned_masked",
-                                                         "overlay")}
+    return {key: mean([r.get(key) for r in rows]) for key in (
+        "foreign", "sharpness", "sharpness_face", "sharpness_skin", "seam", "seam_photo", "turned", "turned_masked",
+        "overlay")}
 
 
 HEADER = (f"{'config':<7} | {'n':>2} | {'foreign':>7} | {'vs photo':>8} | {'sharp chart':>11} | {'x photo':>7} | "
@@ -470,7 +471,8 @@ def verdicts(candidate: str, groups: dict[str, dict[str, dict[str, float]]]) -> 
         if math.isfinite(s["seam"]):
             lines.append(f"{group}: seam ratio {s['seam']:.2f} (no step: near 1; we call <= 1.5 no step): "
                          f"{'MET' if s['seam'] <= 1.5 else 'NOT met'} (the photo texture, which has no seam, scores "
-                         f"{base['seam']:.2f} on the same contour)")
+                         f"{fmt(s['seam_photo'] if math.isfinite(s['seam_photo']) else base['seam'], '.2f')} "
+                         "on the same contour)")
         delta = s["turned_masked"] - base["turned_masked"]
         lines.append(f"{group}: identity, masked turned {delta:+.3f} vs photo (target <= +0.010): "
                      f"{'MET' if delta <= 0.01 else 'NOT met'} (unmasked {s['turned'] - base['turned']:+.3f})")
@@ -549,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
                 per_photo[group][name].append(row)
                 if group == "public":
                     fits[(name, photo.name)] = fit
+            # The reference for a seam on the result's own weight: the photo texture on the same pairs.
+            base_fit = got.get(BASELINE)
+            for name, fit in got.items():
+                if name != BASELINE and isinstance(fit, Fit) and isinstance(base_fit, Fit) and fit.photo_weight is not None:
+                    per_photo[group][name][-1]["seam_photo"] = seam_ratio(
+                        base_fit.texture, fit.photo_weight, skin_uv_masks(base_fit.texture.shape[0]).head_skin)
             print(f"  {photo.name[:32]:32s} " + "  ".join(
                 f"{n}: fc {100 * per_photo[group][n][-1]['foreign']:.1f}% tm {per_photo[group][n][-1]['turned_masked']:.3f}"
                 for n in settings), file=sys.stderr, flush=True)

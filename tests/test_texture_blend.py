@@ -19,7 +19,8 @@ from ganfit.fit.settings import FitSettings
 from ganfit.fit.texture_projection import project_photo_to_uv
 from ganfit.render import Camera, PointLight
 from ganfit.settings import build_settings
-from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, chart_mask, fitted_model,
+from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, blend_weight, chart_mask,
+                                  eye_mouth_layout, fitted_model,
                                   match_colour, match_colour_locally, multiband_blend, photo_skin_texture,
                                   skin_mask)
 from ganfit.texture.model import SHIPPED_GAN, load_texture_model
@@ -201,6 +202,38 @@ def test_no_seam_step_across_the_photo_model_boundary(reconstructor: Reconstruct
     # A hard cut between the same two textures is a step, and the measure sees it.
     hard = torch.where(photo.confidence > 0.5, photo.image, fitted_model(photo, fitter, chart))
     assert float(gradient_energy(hard)[contour].mean()) > 1.5 * across
+
+
+def test_blend_weight_closes_small_holes_and_ramps_the_edge_inward(reconstructor: Reconstructor):
+    chart = chart_mask(reconstructor._uv_texels(SIZE), SIZE)
+    settings = BlendSettings()
+    raw = torch.zeros(1, SIZE, SIZE)
+    rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    # A square of seen skin on the face chart (rows 40-110 of 256) with a nostril-sized hole
+    # (3 x 3 texels) and a hole as large as a hat's shadow (30 x 30).
+    raw[0, 40:110, 60:196] = 1.0
+    raw[0, 60:63, 80:83] = 0.0
+    raw[0, 70:100, 140:170] = 0.0
+    eyes = eye_mouth_layout(SIZE)
+    assert eyes is not None
+    raw.view(-1)[eyes.index] = 0.3  # the eyes and mouth keep their weight as it is
+    shaped = blend_weight(raw, chart, settings)[0]
+    assert float(shaped[60:63, 80:83].min()) == 1.0, "a small hole is closed"
+    assert float(shaped[75:95, 145:165].max()) == 0.0, "a large hole stays"
+    ramp = settings.edge_ramp * SIZE
+    assert float(shaped[40, 100]) < 0.5 and float(shaped[41, 100]) < float(shaped[43, 100])
+    assert float(shaped[40 + int(np.ceil(ramp)) + 1, 100]) == 1.0, "full weight one ramp inside the edge"
+    assert float(shaped[85, 139]) < 0.5 and float(shaped[85, 140 - int(np.ceil(ramp)) - 1]) == 1.0, "around a hole too"
+    assert torch.equal(shaped.view(-1)[eyes.index], raw.view(-1)[eyes.index])
+    assert bool((shaped <= torch.clamp(raw[0], min=0) + (shaped == 1.0).float()).all()), "only holes gain weight"
+
+
+def test_the_result_exposes_the_blend_weight(grace):
+    blended, photo = grace
+    assert photo.texture_weight is None
+    w = blended.texture_weight
+    assert w is not None and w.shape == (SIZE, SIZE) and w.dtype == np.float32
+    assert 0.0 <= float(w.min()) and float(w.max()) <= 1.0 and 0.05 < float((w > 0.5).mean()) < 0.5
 
 
 def test_grace_hat_is_replaced_by_skin(grace):

@@ -376,6 +376,8 @@ class Reconstructor:
                 **({"regressor": self._regressor_name()} if regressed else {}),
             },
             views=views if count > 1 else [],
+            texture_weight=(texture.confidence[0].cpu().numpy().astype(np.float32)
+                            if app.texture_source == "blend" else None),
         )
         return result
 

@@ -235,6 +235,10 @@ class Reconstruction:
     # Several photos of one person (paper 3.5): per photo its camera, light, expression weights,
     # landmark error (JSON-ready dicts). Empty for one photo, whose view is the top level.
     views: list[dict[str, Any]] = field(default_factory=list)
+    # (Ht, Wt) float32 in [0, 1]: how much of each texel comes from the photo, where the texture
+    # blends the photo with the texture model (``--texture-source blend``). In memory only (the
+    # benchmarks measure the seam on it); a result folder does not hold it.
+    texture_weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         conversions = {
