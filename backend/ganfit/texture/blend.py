@@ -160,7 +160,7 @@ def blend_weight(weight: Tensor, chart: Tensor, settings: BlendSettings) -> Tens
     if layout is not None and _matches(layout, chart):
         skin.reshape(-1)[layout.index.numpy()] = False
     low = (w < 0.5).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(low, connectivity=4)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(low, connectivity=4)
     small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= settings.hole_area * size * size)
     small = small[small > 0]  # (label 0: the texels that are not low)
     shaped = w.copy()
