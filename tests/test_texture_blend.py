@@ -208,7 +208,6 @@ def test_blend_weight_closes_small_holes_and_ramps_the_edge_inward(reconstructor
     chart = chart_mask(reconstructor._uv_texels(SIZE), SIZE)
     settings = BlendSettings()
     raw = torch.zeros(1, SIZE, SIZE)
-    rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
     # A square of seen skin on the face chart (rows 40-110 of 256) with a nostril-sized hole
     # (3 x 3 texels) and a hole as large as a hat's shadow (30 x 30).
     raw[0, 40:110, 60:196] = 1.0
