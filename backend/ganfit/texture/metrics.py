@@ -36,14 +36,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .uv_layout import SkinUVMasks, skin_uv_masks
+
 __all__ = [
     "FOREIGN_SIGMAS",
     "DlibFeatureExtractor",
     "ForeignColour",
+    "SkinColour",
     "SkinUVMasks",
     "foreign_colour",
     "seam_ratio",
     "skin_uv_masks",
+    "lab_to_srgb",
     "srgb_to_lab",
     "KidDifference",
     "KidResult",
@@ -288,81 +292,11 @@ def sharpness(textures: torch.Tensor, mask: torch.Tensor | None = None) -> torch
 # --------------------------------------------------------------------------------------------
 # Foreign colour and seams (issue 17)
 
-#: UV charts of the head's skin: face, scalp and neck (head.L/R), ears. Not the eyes, mouth
-#: cavity or tongue, whose colours are not skin.
-SKIN_CHARTS = ("face", "head.L", "head.R", "ear.L", "ear.R")
 #: A texel is foreign beyond this many robust standard deviations of the inner face's colour.
 FOREIGN_SIGMAS = 4.0
 #: Smallest spread per CIELAB channel (L*, a*, b*): a smooth texture (a GAN fit) has a tiny MAD
 #: in the cheeks, and ordinary skin variation (pinker ears, a darker neck) must not count.
 MIN_LAB_SPREAD = (4.0, 2.0, 2.0)
-
-
-@dataclass(frozen=True, eq=False)
-class SkinUVMasks:
-    """(S, S) bool masks in UV space (row 0 is v = 1) of the shipped head's layout."""
-
-    head_skin: np.ndarray  # skin charts minus brows, eyes and lips (not skin colour)
-    inner_face: np.ndarray  # cheeks and nose, well inside the landmarks' outline: the skin reference
-    face: np.ndarray  # the face chart (``uv_layout.face_region_mask``): forehead to chin, ear to ear
-    face_outline: np.ndarray  # inside the jaw and the brows raised by 10% of brow-to-chin: the face proper
-
-
-def skin_uv_masks(size: int, model: "object | None" = None) -> SkinUVMasks:
-    """The head-skin, inner-face and face-chart masks at ``size`` for ``model`` (a ``ShapeModel``;
-    default the committed head, cached per size). Built from the UV charts and the 68 landmark
-    vertices' UVs, so they follow the layout at any size."""
-    if model is None:
-        return _default_skin_masks(size)
-    return _skin_uv_masks(size, model)
-
-
-@lru_cache(maxsize=4)
-def _default_skin_masks(size: int) -> SkinUVMasks:
-    from ganfit.models.shape_model import load_default_shape_model
-
-    return _skin_uv_masks(size, load_default_shape_model())
-
-
-def _skin_uv_masks(size: int, model: "object") -> SkinUVMasks:
-    import cv2
-
-    from ganfit.texture.uv_layout import FACE_CHART, chart_triangles, triangles_mask
-
-    uvs, uv_faces, faces = model.uvs, model.uv_faces, model.faces  # type: ignore[attr-defined]
-    skin = triangles_mask(uvs, uv_faces[chart_triangles(model, SKIN_CHARTS)], size).cpu().numpy() > 0.5
-    face_tris = chart_triangles(model, FACE_CHART)
-    face = triangles_mask(uvs, uv_faces[face_tris], size).cpu().numpy() > 0.5
-    # Each landmark vertex's UV on the face chart (a vertex on a UV seam has several).
-    corner_vertex = faces[face_tris].reshape(-1).cpu().numpy()
-    corner_uv = uv_faces[face_tris].reshape(-1).cpu().numpy()
-    uv_of = dict(zip(corner_vertex.tolist(), corner_uv.tolist()))
-    marks = model.landmark_indices.cpu().numpy()  # type: ignore[attr-defined]
-    missing = [int(v) for v in marks if int(v) not in uv_of]
-    if missing:
-        raise ValueError(f"landmark vertices {missing[:5]} are not on the face chart; cannot place the face regions")
-    uv = uvs.detach().cpu().numpy()[[uv_of[int(v)] for v in marks]]
-    px = np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], -1)  # texel coordinates (x right, y down)
-
-    def poly(points: np.ndarray, grow: float = 0.0) -> np.ndarray:
-        canvas = np.zeros((size, size), np.uint8)
-        cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], 1)
-        if grow > 0:
-            r = max(1, int(round(grow * size)))
-            canvas = cv2.dilate(canvas, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-        return canvas > 0
-
-    features = (poly(px[17:22], 0.025) | poly(px[22:27], 0.025) | poly(px[36:42], 0.02) | poly(px[42:48], 0.02)
-                | poly(px[48:60], 0.02) | poly(np.concatenate([px[17:22], px[36:42][::-1]]), 0.0)
-                | poly(np.concatenate([px[22:27], px[42:48][::-1]]), 0.0))
-    # Cheeks and nose: the jaw pulled 35% toward the nose tip, closed below the eyes.
-    nose = px[30]
-    jaw = nose + (px[1:16] - nose) * 0.65
-    under_eyes = np.stack([px[45] + (nose - px[45]) * 0.25, px[28], px[36] + (nose - px[36]) * 0.25])
-    inner = poly(np.concatenate([jaw, under_eyes])) & face & ~features
-    head_skin = skin & ~features
-    outline = np.concatenate([px[0:17], px[26:16:-1] - [0, 0.1 * float(px[8, 1] - px[17:27, 1].mean())]])
-    return SkinUVMasks(head_skin=head_skin, inner_face=inner, face=face, face_outline=poly(outline) & face)
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -376,11 +310,49 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
+def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    """sRGB (..., 3) in [0, 1] of CIELAB (D65) colours: ``srgb_to_lab``'s inverse, clipped to
+    the sRGB gamut."""
+    lab = np.asarray(lab, dtype=np.float64)
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
+    xyz = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * np.array([0.95047, 1.0, 1.08883])
+    linear = xyz @ np.linalg.inv(np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                                           [0.0193, 0.1192, 0.9505]])).T
+    linear = np.clip(linear, 0, 1)
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
 def _unit_rgb(texture: np.ndarray) -> np.ndarray:
     t = np.asarray(texture)
     if t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) texture, got {t.shape}")
     return t.astype(np.float64) / 255.0 if t.dtype == np.uint8 else t.astype(np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class SkinColour:
+    """A face's skin colour distribution: CIELAB ``median`` and per-channel ``spread`` (MAD x
+    1.4826, floored at ``MIN_LAB_SPREAD``): robust to the moles, stubble and shadows among the
+    samples. The foreign-colour measure and the blend's model cleaning share it."""
+
+    median: np.ndarray
+    spread: np.ndarray
+
+    @classmethod
+    def of(cls, rgb: np.ndarray) -> "SkinColour":
+        """The distribution of the sRGB samples ``rgb`` (N, 3) in [0, 1]."""
+        lab = srgb_to_lab(rgb)
+        median = np.median(lab, 0)
+        return cls(median, np.maximum(1.4826 * np.median(np.abs(lab - median), 0), MIN_LAB_SPREAD))
+
+    def median_srgb(self) -> np.ndarray:
+        """The median colour as sRGB (3,) in [0, 1]."""
+        return lab_to_srgb(self.median)
+
+    def distance(self, rgb: np.ndarray) -> np.ndarray:
+        """Spread-normalised CIELAB distance of sRGB colours (..., 3) from the median."""
+        return np.linalg.norm((srgb_to_lab(rgb) - self.median) / self.spread, axis=-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -398,19 +370,14 @@ def foreign_colour(texture: np.ndarray, masks: SkinUVMasks, sigmas: float = FORE
     """How much of the head's skin is painted in a colour that is not the face's skin.
 
     ``texture`` (S, S, 3), uint8 or float in [0, 1], sRGB; ``masks`` from ``skin_uv_masks(S)``.
-    The face's skin distribution is the median and MAD (x 1.4826, floored at
-    ``MIN_LAB_SPREAD``) of the inner face's texels in CIELAB; a head-skin texel is foreign when
-    its spread-normalised distance from the median exceeds ``sigmas``."""
+    The face's skin distribution is ``SkinColour`` of the inner face's texels; a head-skin
+    texel is foreign when its spread-normalised distance from the median exceeds ``sigmas``."""
     rgb = _unit_rgb(texture)
     if rgb.shape[:2] != masks.head_skin.shape:
         raise ValueError(f"texture is {rgb.shape[:2]} but the masks are {masks.head_skin.shape}")
-    lab = srgb_to_lab(rgb)
-    reference = lab[masks.inner_face]
-    median = np.median(reference, 0)
-    spread = np.maximum(1.4826 * np.median(np.abs(reference - median), 0), MIN_LAB_SPREAD)
-    distance = np.linalg.norm((lab - median) / spread, axis=-1)
-    far = (distance > sigmas) & masks.head_skin
-    return ForeignColour(float(far.sum() / max(int(masks.head_skin.sum()), 1)), far, median, spread)
+    skin = SkinColour.of(rgb[masks.inner_face])
+    far = (skin.distance(rgb) > sigmas) & masks.head_skin
+    return ForeignColour(float(far.sum() / max(int(masks.head_skin.sum()), 1)), far, skin.median, skin.spread)
 
 
 def seam_ratio(texture: np.ndarray, photo_weight: np.ndarray, region: np.ndarray, band: int | None = None) -> float:

@@ -77,6 +77,109 @@ def _default_face_mask(size: int) -> Tensor:
     return face_region_mask(size, load_default_shape_model())
 
 
+def landmark_texels(size: int, model: ShapeModel | None = None) -> np.ndarray:
+    """(68, 2) float: where the 68 landmark vertices of ``model`` (default: the committed head)
+    lie on its face chart, in texel coordinates of a ``size`` px map (x right, y down; row 0 is
+    v = 1). A vertex on a UV seam has several UVs; the face chart's is the one taken."""
+    model = model if model is not None else load_default_shape_model()
+    face_tris = chart_triangles(model, FACE_CHART)
+    corner_vertex = model.faces[face_tris].reshape(-1).cpu().numpy()
+    corner_uv = model.uv_faces[face_tris].reshape(-1).cpu().numpy()
+    uv_of = dict(zip(corner_vertex.tolist(), corner_uv.tolist()))
+    marks = model.landmark_indices.cpu().numpy()
+    missing = [int(v) for v in marks if int(v) not in uv_of]
+    if missing:
+        raise ModelDataError(
+            f"landmark vertices {missing[:5]} are not on the face chart of {model.name or 'this shape model'}; "
+            "cannot place the face regions in UV"
+        )
+    uv = model.uvs.detach().cpu().numpy()[[uv_of[int(v)] for v in marks]]
+    return np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], -1)
+
+
+def polygon_mask(points: np.ndarray, size: int, grow: float = 0.0) -> np.ndarray:
+    """(size, size) bool: inside the polygon ``points`` (texel coordinates), grown by ``grow``
+    (a share of ``size``) with a round brush when positive."""
+    import cv2
+
+    canvas = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], 1)
+    if grow > 0:
+        r = max(1, int(round(grow * size)))
+        canvas = cv2.dilate(canvas, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return canvas > 0
+
+
+#: How far above the brows the face outline reaches: a share of the brow-to-chin height.
+OUTLINE_BROW_RAISE = 0.1
+
+
+def face_outline_mask(size: int, model: ShapeModel | None = None) -> np.ndarray:
+    """(size, size) bool: the face proper in UV, inside the jaw line (landmarks 0-16) and the
+    brows raised by ``OUTLINE_BROW_RAISE`` of the brow-to-chin height, on the face chart.
+
+    Why: outside it lie the temples, forehead top, ears and scalp, where a texture model that
+    learned from photos may paint hair; inside it the photo usually sees skin."""
+    model = model if model is not None else load_default_shape_model()
+    px = landmark_texels(size, model)
+    raise_by = OUTLINE_BROW_RAISE * float(px[8, 1] - px[17:27, 1].mean())
+    outline = np.concatenate([px[0:17], px[26:16:-1] - [0, raise_by]])
+    return polygon_mask(outline, size) & (face_region_mask(size, model).cpu().numpy() > 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Skin regions (issue 17): where the head's skin is, and which of it is the face proper
+
+#: UV charts of the head's skin: face, scalp and neck (head.L/R), ears. Not the eyes, mouth
+#: cavity or tongue, whose colours are not skin.
+SKIN_CHARTS = ("face", "head.L", "head.R", "ear.L", "ear.R")
+
+
+@dataclass(frozen=True, eq=False)
+class SkinUVMasks:
+    """(S, S) bool masks in UV space (row 0 is v = 1) of a head's layout."""
+
+    head_skin: np.ndarray  # skin charts minus brows, eyes and lips (not skin colour)
+    inner_face: np.ndarray  # cheeks and nose, well inside the landmarks' outline: the skin reference
+    face: np.ndarray  # the face chart (``face_region_mask``): forehead to chin, ear to ear
+    face_outline: np.ndarray  # ``face_outline_mask``: inside the jaw and just above the brows
+
+
+def skin_uv_masks(size: int, model: ShapeModel | None = None) -> SkinUVMasks:
+    """The head-skin, inner-face, face-chart and face-outline masks at ``size`` for ``model``
+    (default the committed head, cached per size). Built from the UV charts and the 68 landmark
+    vertices' UVs, so they follow the layout at any size. Used by the blend (the skin colour
+    reference and where the model is cleaned) and by the texture measures (``metrics``)."""
+    if model is None:
+        return _default_skin_masks(size)
+    return _skin_uv_masks(size, model)
+
+
+@lru_cache(maxsize=4)
+def _default_skin_masks(size: int) -> SkinUVMasks:
+    return _skin_uv_masks(size, load_default_shape_model())
+
+
+def _skin_uv_masks(size: int, model: ShapeModel) -> SkinUVMasks:
+    skin = triangles_mask(model.uvs, model.uv_faces[chart_triangles(model, SKIN_CHARTS)], size).cpu().numpy() > 0.5
+    face = face_region_mask(size, model).cpu().numpy() > 0.5
+    px = landmark_texels(size, model)
+
+    def poly(points: np.ndarray, grow: float = 0.0) -> np.ndarray:
+        return polygon_mask(points, size, grow)
+
+    features = (poly(px[17:22], 0.025) | poly(px[22:27], 0.025) | poly(px[36:42], 0.02) | poly(px[42:48], 0.02)
+                | poly(px[48:60], 0.02) | poly(np.concatenate([px[17:22], px[36:42][::-1]]), 0.0)
+                | poly(np.concatenate([px[22:27], px[42:48][::-1]]), 0.0))
+    # Cheeks and nose: the jaw pulled 35% toward the nose tip, closed below the eyes.
+    nose = px[30]
+    jaw = nose + (px[1:16] - nose) * 0.65
+    under_eyes = np.stack([px[45] + (nose - px[45]) * 0.25, px[28], px[36] + (nose - px[36]) * 0.25])
+    inner = poly(np.concatenate([jaw, under_eyes])) & face & ~features
+    return SkinUVMasks(head_skin=skin & ~features, inner_face=inner, face=face,
+                       face_outline=face_outline_mask(size, model))
+
+
 def texel_coverage(uvs: np.ndarray | Tensor, uv_faces: np.ndarray | Tensor, size: int) -> np.ndarray:
     """(size, size) int32: how many UV triangles contain each texel centre (row 0 is v = 1).
 
