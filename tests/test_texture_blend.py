@@ -20,9 +20,10 @@ from ganfit.fit.texture_projection import project_photo_to_uv
 from ganfit.render import Camera, PointLight
 from ganfit.settings import build_settings
 from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, blend_weight, chart_mask,
-                                  eye_mouth_layout, fitted_model,
-                                  match_colour, match_colour_locally, multiband_blend, photo_skin_texture,
-                                  skin_mask)
+                                  clean_model, default_skin_masks, drop_foreign_photo, eye_mouth_layout,
+                                  fitted_model, match_colour, match_colour_locally, multiband_blend,
+                                  photo_skin_texture, skin_colour, skin_mask)
+from ganfit.texture.metrics import foreign_colour
 from ganfit.texture.model import SHIPPED_GAN, load_texture_model
 from ganfit.texture.segmentation import segment_photo
 
@@ -202,6 +203,85 @@ def test_no_seam_step_across_the_photo_model_boundary(reconstructor: Reconstruct
     # A hard cut between the same two textures is a step, and the measure sees it.
     hard = torch.where(photo.confidence > 0.5, photo.image, fitted_model(photo, fitter, chart))
     assert float(gradient_energy(hard)[contour].mean()) > 1.5 * across
+
+
+@pytest.fixture(scope="module")
+def grace_texture(reconstructor: Reconstructor, grace, grace_pixels: np.ndarray):
+    """grace_hopper's photo texture (the photo weight W as its confidence) and the charts."""
+    vertices, camera, light = _scene(grace[0])
+    landmarks = np.asarray(grace[0].landmarks_2d)
+    skin = skin_mask(segment_photo(grace_pixels, landmarks).skin, landmarks, BlendSettings().edge_softness)
+    texels = reconstructor._uv_texels(SIZE)
+    pixels = torch.from_numpy(np.array(grace_pixels)).permute(2, 0, 1).float() / 255
+    photo = photo_skin_texture(pixels, skin, vertices, reconstructor.model.faces, camera, reconstructor.mirror_index,
+                               texels, SIZE, light)
+    return photo, chart_mask(texels, SIZE)
+
+
+def test_the_model_is_cleaned_of_what_is_not_skin(grace_texture, fitter: TextureFitter):
+    photo, chart = grace_texture
+    masks = default_skin_masks(chart)
+    assert masks is not None, "the default head's charts are recognised"
+    skin = skin_colour(photo, masks)
+    assert skin is not None
+    model = fitted_model(photo, fitter, chart)
+    dirty = model.clone()
+    # A blob of black hair on the scalp (head skin outside the face outline) and a blue one on the lips.
+    scalp = torch.from_numpy(masks.head_skin & ~masks.face_outline)
+    blob = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    rows, cols = torch.nonzero(scalp, as_tuple=True)
+    r, c = int(rows[len(rows) // 3]), int(cols[len(cols) // 3])
+    blob[max(r - 8, 0):r + 8, max(c - 8, 0):c + 8] = True
+    blob &= scalp
+    assert blob.sum() > 100
+    dirty[:, blob] = 0.03
+    lips = torch.from_numpy(~masks.head_skin & masks.face)
+    dirty[:, lips] = torch.tensor([0.1, 0.2, 0.9])[:, None]
+    settings = BlendSettings()
+    cleaned = clean_model(dirty, skin, masks, chart, settings.clean_sigmas, settings.clean_scale)
+    rgb = cleaned.permute(1, 2, 0).numpy()
+    assert float(skin.distance(rgb[blob.numpy()]).max()) <= settings.clean_sigmas[1] + 1e-6
+    assert float(skin.distance(dirty.permute(1, 2, 0).numpy()[blob.numpy()]).min()) > 10, "the blob was foreign"
+    assert torch.equal(cleaned[:, lips], dirty[:, lips]), "brows, eyes and lips are not skin and stay"
+    # Skin-coloured model away from anything foreign (the blob, the model's own dark patches) stays.
+    foreign = torch.from_numpy(skin.distance(dirty.permute(1, 2, 0).numpy()) > settings.clean_sigmas[0] - 0.5)
+    reach = 4 * settings.clean_scale + 1
+    far = torch.nn.functional.max_pool2d(foreign[None, None].float(), reach, 1, reach // 2)[0, 0] == 0
+    plain = far & torch.from_numpy(masks.head_skin)
+    assert plain.sum() > 1000
+    assert float((cleaned - dirty)[:, plain].abs().max()) < 1e-5
+
+
+def test_foreign_photo_outside_the_face_outline_gets_no_weight(grace_texture):
+    photo, chart = grace_texture
+    masks = default_skin_masks(chart)
+    skin = skin_colour(photo, masks)
+    image = photo.image.clone()
+    outside = torch.from_numpy(masks.head_skin & ~masks.face_outline)
+    inside = torch.from_numpy(masks.inner_face)
+    image[:, outside] = torch.tensor([0.5, 0.7, 0.95])[:, None]  # sky
+    image[:, inside] = torch.tensor([0.5, 0.7, 0.95])[:, None]
+    weight = torch.ones(1, SIZE, SIZE)
+    dropped = drop_foreign_photo(weight, image, skin, masks, BlendSettings().photo_foreign_sigmas)
+    assert float(dropped[0][outside].max()) == 0.0
+    assert float(dropped[0][inside].min()) == 1.0, "inside the face outline the photo stays"
+
+
+def test_skin_colour_needs_seen_skin(grace_texture):
+    photo, chart = grace_texture
+    masks = default_skin_masks(chart)
+    unseen = type(photo)(photo.image, torch.zeros_like(photo.confidence))
+    assert skin_colour(unseen, masks) is None
+    assert default_skin_masks(torch.ones(1, SIZE, SIZE)) is None, "another layout has no such regions"
+
+
+def test_blend_has_little_foreign_colour(grace, grace_texture):
+    blended, photo = grace
+    masks = default_skin_masks(grace_texture[1])
+    before = foreign_colour(photo.texture, masks).share
+    after = foreign_colour(blended.texture, masks).share
+    assert before > 0.1, ("her hat is on the photo texture", before)
+    assert after < 0.2 * before, (before, after)
 
 
 def test_blend_weight_closes_small_holes_and_ramps_the_edge_inward(reconstructor: Reconstructor):
