@@ -187,3 +187,32 @@ def test_photo_wins_where_seen_and_other_layouts_are_untouched(layout: EyeMouthL
     other = torch.zeros_like(chart)
     other[..., : SIZE // 2, :] = 1  # some other head's charts
     assert torch.equal(paint_eyes_and_mouth(image, UVTexture(image=image, confidence=seen * 0), other), image)
+
+
+def test_from_behind_the_neck_opening_shows_a_dark_throat_not_red(reconstructor: Reconstructor, grace_path: Path,
+                                                                 layout: EyeMouthLayout):
+    """The cavity reaches 10.7 cm back; seen from behind through the neck opening, its back part
+    must read as shadow, not as a red patch under the skull (issue 17's contact sheet)."""
+    from ganfit.fit.joint_stage import random_view
+    from ganfit.render import Camera, MeshRenderer, PointLight
+
+    result = reconstructor.reconstruct(grace_path)
+    model = reconstructor.model
+    renderer = MeshRenderer(model.faces, model.uvs, model.uv_faces)
+    c = result.camera
+    camera = Camera(*(torch.tensor(np.asarray(v, np.float32))[None] for v in (c.position, c.look_at, c.up)),
+                    focal=torch.tensor([c.focal], dtype=torch.float32))
+    vertices = torch.from_numpy(np.asarray(result.vertices, np.float32))[None]
+    behind = random_view(camera, vertices.mean(1), np.pi, 0.0)
+    flat = PointLight(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3))
+    texture = torch.from_numpy(result.texture).permute(2, 0, 1)[None].float() / 255
+
+    def render(tex: torch.Tensor) -> torch.Tensor:
+        return renderer(vertices, tex, behind, flat, c.height, c.width, background=0.5).image[0]
+
+    marked = texture.clone().reshape(3, -1)
+    marked[:, layout.index[layout.charts == 1]] = torch.tensor([0.0, 1.0, 0.0])[:, None]
+    cavity = (render(marked.reshape_as(texture[0])[None]) - render(texture)).abs().amax(0) > 0.2
+    assert cavity.sum() > 20, "the neck opening does not show the cavity from behind: the test lost its meaning"
+    seen = render(texture)[:, cavity]
+    assert float((LUMA @ seen).median()) < 0.12, seen.median(1).values

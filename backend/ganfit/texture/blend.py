@@ -89,22 +89,29 @@ class BlendSettings:
     levels: int = 6
     #: The skin mask's edge is softened and pulled inward by this share of the face's height (in
     #: photo pixels), so the segmentation's border (a hairline pixel taken for skin) gets little
-    #: weight. Measured on UTKFace 20 (dlib turned 25 degrees on the face alone / foreign colour /
-    #: seen skin's sharpness against the photo texture): 0.015: 0.3145 / 4.4% / 0.98x; 0.0075:
-    #: 0.3136 / 4.8% / 1.00x; 0: 0.3127 / 5.1% / 1.00x.
-    edge_softness: float = 0.0075
+    #: weight. Before the model was cleaned and the edge ramped, 0.0075 was chosen (UTKFace 20,
+    #: dlib turned 25 degrees on the face alone / foreign colour / seen skin's sharpness against
+    #: the photo texture: 0.015: 0.3145 / 4.4% / 0.98x; 0.0075: 0.3136 / 4.8% / 1.00x; 0: 0.3127
+    #: / 5.1% / 1.00x). With both, the ramp (``edge_ramp``) does this work, and softening too
+    #: took a band of seen skin from the photo (public 8: 0.99x its sharpness, grace_hopper's
+    #: glasses' rims 0.98x). With ``edge_ramp`` 4 texels, UTKFace 20 / public 8 (dlib on the face
+    #: alone / foreign colour / seam / sharpness x1000): 0.0075 with a 5-texel ramp 0.3167 /
+    #: 0.90% / 1.45 / 0.281 and 0.3135 / 0.97% / 1.14 / 0.773; 0 with 4 texels 0.3158 / 1.04% /
+    #: 1.44 / 0.282 and 0.3134 / 1.02% / 1.18 / 0.781 (the photo texture: 0.280 and 0.778).
+    edge_softness: float = 0.0
     #: Holes in the photo weight on the skin charts up to this share of the map are closed (W = 1):
     #: the nostrils, lid rims and lip line, which the projection sees at a grazing angle, come
     #: from the photo whole instead of half from the model (1500 texels at 512 px).
     hole_area: float = 1500 / 512**2
     #: On the skin charts W rises from 0 to 1 over this share of the map's side, measured inward
-    #: from where the raw weight falls below 0.5 (5 texels at 512 px): the photo's last texels
+    #: from where the raw weight falls below 0.5 (4 texels at 512 px): the photo's last texels
     #: before hair, background or a grazing angle (a dark fringe, a step in colour) are left out.
     #: Measured on UTKFace 20 (seam ratio on W's contour / dlib turned 25 degrees on the face
-    #: alone / seen skin's sharpness, x1000), with the holes closed: no ramp 8.2 / 0.3155 /
-    #: 0.279; 3 texels 2.6 / 0.3207 / 0.282; 4 texels 1.49 / 0.3158 / 0.282; 5 texels 1.42 /
-    #: 0.3168 / 0.281; 6 texels 1.11 / 0.3165 / 0.279. Unclosed, 8.0 / 0.3146 / 0.279.
-    edge_ramp: float = 5 / 512
+    #: alone / seen skin's sharpness, x1000), with the holes closed, before the model was cleaned
+    #: and with ``edge_softness`` 0.0075: no ramp 8.2 / 0.3155 / 0.279; 3 texels 2.6 / 0.3207 /
+    #: 0.282; 4 texels 1.49 / 0.3158 / 0.282; 5 texels 1.42 / 0.3168 / 0.281; 6 texels 1.11 /
+    #: 0.3165 / 0.279. Unclosed, 8.0 / 0.3146 / 0.279. With the model cleaned, see ``edge_softness``.
+    edge_ramp: float = 4 / 512
     #: The model is cleaned of colours that are not the face's skin (``clean_model``): on the
     #: head's skin, a model texel whose colour lies beyond the first of these robust deviations
     #: of the seen skin's colour starts to be refilled from the skin-coloured model around it,
@@ -581,11 +588,17 @@ def blend_texture(
 # tip pokes through the chin, where a red tongue would show and a skin-coloured one hides.
 
 #: sRGB albedos of what the photo rarely shows: a slightly warm off-white sclera, a near-black
-#: pupil, off-white teeth, the mouth's dark red.
+#: pupil, off-white teeth, the mouth's dark red, darkening to the throat's near black.
 SCLERA = (0.86, 0.82, 0.78)
 PUPIL = (0.04, 0.035, 0.035)
 TEETH = (0.86, 0.82, 0.72)
 MOUTH = (0.36, 0.12, 0.11)
+THROAT = (0.09, 0.035, 0.035)
+#: The cavity darkens from MOUTH to THROAT between these depths behind its front (m). Why: the
+#: cavity reaches 10.7 cm back, and from behind the head the neck opening shows its back part
+#: (beyond 4 cm), which a red albedo turned into a red patch under the skull; dark, it reads as
+#: the shadow inside the neck, and from the front it is the throat's shadow.
+THROAT_DEPTH = (0.03, 0.045)
 #: Iris colour when no photo shows an eye (a mid brown, the commonest).
 DEFAULT_IRIS = (0.36, 0.24, 0.15)
 #: Eyeball texels this far (a share of the map's side) from those the photo saw take its colours.
@@ -696,7 +709,9 @@ def _eye_mouth_layout(size: int) -> EyeMouthLayout | None:
     q = p[sel]
     tooth = ((1 - _smoothstep(TEETH_DEPTH * 0.8, TEETH_DEPTH, front[2] - q[:, 2]))
              * (1 - _smoothstep(TEETH_HEIGHT * 0.8, TEETH_HEIGHT, (q[:, 1] - front[1]).abs())))
-    base[:, sel] = torch.tensor(TEETH)[:, None] * tooth + torch.tensor(MOUTH)[:, None] * (1 - tooth)
+    deep = _smoothstep(THROAT_DEPTH[0], THROAT_DEPTH[1], front[2] - q[:, 2])
+    cavity_colour = torch.tensor(MOUTH)[:, None] * (1 - deep) + torch.tensor(THROAT)[:, None] * deep
+    base[:, sel] = torch.tensor(TEETH)[:, None] * tooth + cavity_colour * (1 - tooth)
     teeth = torch.zeros(n, dtype=torch.bool)
     teeth[sel] = tooth > 0.99
     interior = torch.zeros(n, dtype=torch.bool)
