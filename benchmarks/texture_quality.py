@@ -21,7 +21,11 @@ GANFit++ fit (the default mode) and five figures:
    HEADWEAR_OR_GLASSES) set to grey in the photo, and in the render the texels onto which the
    same photo pixels project (the mask carried into UV the way the texture is, then rendered
    from the turned view);
-5. a contact sheet of the public photos (never UTKFace): photo, overlay, turned 35 degrees,
+5. likeness to other photos of the same person (the public photos of one person: obama,
+   obama2, obama3): dlib's distance from each fit's head turned ``CROSS_DEGREES`` to the
+   person's *other* photos, the closest we can come here to a held-out likeness test (no
+   render is compared with the photo it was fitted to);
+6. a contact sheet of the public photos (never UTKFace): photo, overlay, turned 35 degrees,
    from behind, UV texture, one row per photo and configuration (today's default and the
    candidate).
 
@@ -102,6 +106,8 @@ GAN = "gan"
 #: The candidate new default shown beside today's on the contact sheet (the first one available).
 CANDIDATES = ("blend", "clean")
 TURN_SHEET = 35.0
+#: The turn of the cross-photo likeness test (``cross_photo_likeness``).
+CROSS_DEGREES = 30.0
 CELL = 150
 SHEET_LIMIT = 1_500_000
 
@@ -285,6 +291,39 @@ class Views:
         uv = project_photo_to_uv(photo, torch.from_numpy(fit.vertices), self.model.faces, self.model.uvs,
                                  self.model.uv_faces, self.camera(fit), self.mirror, size)
         return uv.image.permute(1, 2, 0).numpy(), uv.confidence[0].numpy()
+
+
+def person_of(photo: str) -> str:
+    """The person a public photo shows, from its file name: obama2.jpg and obama.jpg are one."""
+    return Path(photo).stem.rstrip("0123456789")
+
+
+def cross_photo_likeness(fits: dict[tuple[str, str], "Fit"], photos: list[Path], views: "Views",
+                         judge: DlibJudge) -> tuple[dict[str, float], int]:
+    """Per configuration, dlib's mean distance from each fit's head turned ``CROSS_DEGREES`` to
+    every *other* photo of the same person (people with two or more photos), and the number of
+    pairs. The photos' descriptors use their baseline fits' landmarks."""
+    by_person: dict[str, list[Path]] = {}
+    for photo in photos:
+        if (BASELINE, photo.name) in fits:
+            by_person.setdefault(person_of(photo.name), []).append(photo)
+    groups = [ps for ps in by_person.values() if len(ps) > 1]
+    reference = {}
+    for photo in (p for ps in groups for p in ps):
+        fit = fits[(BASELINE, photo.name)]
+        pixels = np.array(load_photo(photo, max_side=max(fit.camera.width, fit.camera.height)).pixels)
+        reference[photo.name] = judge.descriptor(pixels, fit.landmarks_2d)
+    distances: dict[str, list[float]] = {}
+    for (config, name), fit in fits.items():
+        group = next((ps for ps in groups if any(p.name == name for p in ps)), None)
+        if group is None:
+            continue
+        image, _, marks = views.render(fit, fit.texture, CROSS_DEGREES)
+        mine = judge.descriptor(to_uint8(image), marks)
+        distances.setdefault(config, []).extend(
+            float(np.linalg.norm(mine - reference[p.name])) for p in group if p.name != name)
+    pairs = max((len(d) for d in distances.values()), default=0)
+    return {config: float(np.mean(d)) for config, d in distances.items()}, pairs
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -589,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("seam boundary from: " + ", ".join(boundaries))
     if candidate:
         lines += [""] + verdicts(candidate, summaries)
+    likeness, pairs = cross_photo_likeness(fits, groups_photos["public"], views, fitter.judge)
+    likeness_line = None
+    if pairs:
+        likeness_line = (f"likeness to other photos of the same person (dlib distance of the head turned "
+                         f"{CROSS_DEGREES:g}° to the person's other photos; {pairs} pairs, lower is closer): "
+                         + ", ".join(f"{n} {d:.3f}" for n, d in likeness.items()))
+        lines.append(likeness_line)
     lines += [f"note: {n}" for n in notes]
     if skipped:
         lines.append("photos without a usable face (left out of every config): " + ", ".join(skipped))
@@ -610,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": os.environ.get("GANFIT_THREADS"), "foreign_sigmas": FOREIGN_SIGMAS,
         "configs": {n: next(c for c in configs if c.name == n).options for n in settings}, "notes": notes,
         "summary": summaries, "skipped": skipped, "photos": per_photo,
+        "cross_photo_likeness": {"degrees": CROSS_DEGREES, "pairs": pairs, "distance": likeness},
     }, indent=1))
     if args.markdown:
         stamp = (f"Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
@@ -617,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{os.environ.get('GANFIT_THREADS', 'unset')}." + "".join(f" Note: {n}." for n in notes))
         block = markdown + ["", stamp]
         if candidate:
-            block += ["", "```", *verdicts(candidate, summaries), "```"]
+            block += ["", "```", *verdicts(candidate, summaries), *([likeness_line] if likeness_line else []), "```"]
         replace_block(args.markdown, "texture-quality", block)
     return 0
 

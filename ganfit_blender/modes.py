@@ -34,7 +34,8 @@ TEXTURE_MODEL_LICENCE: str = REGRESSOR_LICENCE
 #: The Texture menu's names and tooltips per source; the menu lists Blend first.
 _TEXTURE_SOURCE_TEXT: dict[str, tuple[str, str]] = {
     "blend": ("Blend", "Skin from the photo, the rest from the texture model: no hair, hat or background on the "
-                       "head, white eyes and teeth. The texture model is trained on " + TEXTURE_MODEL_LICENCE),
+                       "head, white eyes and teeth, ready for a hair system (with no hair, the head looks a little "
+                       "less like the person). The texture model is trained on " + TEXTURE_MODEL_LICENCE),
     "photo": ("Photo (keep hair)", "The photo wherever it is seen: hair and hats painted onto the scalp, as the "
                                    "photo shows them"),
 }

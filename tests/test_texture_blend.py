@@ -174,8 +174,9 @@ def test_skin_colour_comes_back_where_the_photo_shows_foreign_colour(
     assert (out - albedo)[:, sure[0]].abs().mean() < 0.05
 
 
-def test_no_seam_step_across_the_photo_model_boundary(reconstructor: Reconstructor, grace, fitter: TextureFitter,
-                                                     grace_pixels: np.ndarray, face_detector):
+@pytest.fixture(scope="module")
+def grace_texture(reconstructor: Reconstructor, grace, grace_pixels: np.ndarray):
+    """grace_hopper's photo texture (the photo weight W as its confidence) and the charts."""
     vertices, camera, light = _scene(grace[0])
     landmarks = np.asarray(grace[0].landmarks_2d)
     skin = skin_mask(segment_photo(grace_pixels, landmarks).skin, landmarks, BlendSettings().edge_softness)
@@ -183,7 +184,11 @@ def test_no_seam_step_across_the_photo_model_boundary(reconstructor: Reconstruct
     pixels = torch.from_numpy(np.array(grace_pixels)).permute(2, 0, 1).float() / 255
     photo = photo_skin_texture(pixels, skin, vertices, reconstructor.model.faces, camera, reconstructor.mirror_index,
                                texels, SIZE, light)
-    chart = chart_mask(texels, SIZE)
+    return photo, chart_mask(texels, SIZE)
+
+
+def test_no_seam_step_across_the_photo_model_boundary(grace_texture, fitter: TextureFitter):
+    photo, chart = grace_texture
     out = blend_texture(photo, fitter, chart).image
     w = photo.confidence[0]
 
@@ -203,19 +208,6 @@ def test_no_seam_step_across_the_photo_model_boundary(reconstructor: Reconstruct
     # A hard cut between the same two textures is a step, and the measure sees it.
     hard = torch.where(photo.confidence > 0.5, photo.image, fitted_model(photo, fitter, chart))
     assert float(gradient_energy(hard)[contour].mean()) > 1.5 * across
-
-
-@pytest.fixture(scope="module")
-def grace_texture(reconstructor: Reconstructor, grace, grace_pixels: np.ndarray):
-    """grace_hopper's photo texture (the photo weight W as its confidence) and the charts."""
-    vertices, camera, light = _scene(grace[0])
-    landmarks = np.asarray(grace[0].landmarks_2d)
-    skin = skin_mask(segment_photo(grace_pixels, landmarks).skin, landmarks, BlendSettings().edge_softness)
-    texels = reconstructor._uv_texels(SIZE)
-    pixels = torch.from_numpy(np.array(grace_pixels)).permute(2, 0, 1).float() / 255
-    photo = photo_skin_texture(pixels, skin, vertices, reconstructor.model.faces, camera, reconstructor.mirror_index,
-                               texels, SIZE, light)
-    return photo, chart_mask(texels, SIZE)
 
 
 def test_the_model_is_cleaned_of_what_is_not_skin(grace_texture, fitter: TextureFitter):

@@ -81,7 +81,8 @@ def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--texture-source", default=None, metavar="photo|blend",
                      help="where the albedo comes from: 'photo' (default: the photo projected onto the head, seen "
                           "hair and hats included) or 'blend' (the photo where it shows skin seen squarely, the "
-                          "texture model fitted to that skin elsewhere, blended with no seam; docs/fitting.md)")
+                          "texture model fitted to that skin elsewhere, blended with no seam: no hair, hat or "
+                          "background on the head, a little less like the person; docs/fitting.md)")
     rec.add_argument("--seed", default=None, help="random seed, 0 to 4294967295 (default 0)")
     rec.add_argument("--face", default=None, metavar="N",
                      help="which face when a photo has several: 0 = largest (default), 1 = next, ...")

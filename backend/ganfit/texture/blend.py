@@ -11,8 +11,10 @@ over PCA-200's span, docs/texture-model.md). So the texture takes each where it 
    segmentation's ``SKIN`` class, ``texture.segmentation``, looked up where the texel lands in
    the photo). Hidden sides, grazing angles, and skin under hair, hats or glasses get W = 0.
    Several photos of one person: their projections and weights are merged first (eq. 14).
-   On the skin charts W's small holes are then closed and its edge ramped inward
-   (``blend_weight``), so that the boundary lies on plain skin, not on the photo's own edges.
+   Outside the face outline, photo texels far from the seen skin's colour lose their weight
+   (``drop_foreign_photo``: hair or background the segmentation took for skin). On the skin
+   charts W's small holes are then closed and its edge ramped inward (``blend_weight``), so
+   that the boundary lies on plain skin, not on the photo's own edges.
 2. **Model fit**: the texture model's decode fitted to the photo texture with W as weights
    (eq. 6 with the confidence as weights). Paper 3.1 minimises an L1 distance by gradient
    descent; the shipped GAN and PCA models are affine in their latent, so here the weighted
@@ -21,7 +23,8 @@ over PCA-200's span, docs/texture-model.md). So the texture takes each where it 
    models (a GAN with a convolutional synthesis) get a short weighted inversion.
 3. **Colour match**: a per-channel gain and offset in linear light, fitted by weighted least
    squares where the photo is trusted (W > 0.5), so the model agrees with the photo where they
-   meet.
+   meet; then locally. The model is cleaned of colours that are not the face's skin
+   (``clean_model``: the hair it learned at the temples, the photo's fringe the match carried).
 4. **Multi-band blending** (Burt and Adelson 1983): Laplacian pyramids of photo and model mixed
    with a Gaussian pyramid of W, so fine detail switches over a few texels and colour over
    many: no seam. Inside the UV charts only: both images are padded past the chart borders by
@@ -596,9 +599,10 @@ MOUTH = (0.36, 0.12, 0.11)
 THROAT = (0.09, 0.035, 0.035)
 #: The cavity darkens from MOUTH to THROAT between these depths behind its front (m). Why: the
 #: cavity reaches 10.7 cm back, and from behind the head the neck opening shows its back part
-#: (beyond 4 cm), which a red albedo turned into a red patch under the skull; dark, it reads as
-#: the shadow inside the neck, and from the front it is the throat's shadow.
-THROAT_DEPTH = (0.03, 0.045)
+#: (beyond 7 cm), which a red albedo turned into a red patch under the skull; dark, it reads as
+#: the shadow inside the neck. Not shallower: darkening from 3 cm cost dlib 0.005 on the turned
+#: views of open mouths (UTKFace 20, on the face alone), which look 3-5 cm in.
+THROAT_DEPTH = (0.06, 0.075)
 #: Iris colour when no photo shows an eye (a mid brown, the commonest).
 DEFAULT_IRIS = (0.36, 0.24, 0.15)
 #: Eyeball texels this far (a share of the map's side) from those the photo saw take its colours.
