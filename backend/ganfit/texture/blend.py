@@ -397,7 +397,7 @@ def match_colour_locally(model: Tensor, photo: Tensor, weight: Tensor, chart: Te
 # strand, the background at the face's edge) into the model around it. On the head's skin (the
 # skin charts less brows, eyes and lips, ``uv_layout.skin_uv_masks``) every texel the model paints
 # should be skin, so its colours far from the seen skin's are refilled from the skin around them.
-# Foreign colour on UTKFace 20 (docs/texture-quality.md): 4.4% -> 0.9%, the face's identity
+# Foreign colour on UTKFace 20 (docs/texture-quality.md): 4.4% -> 1.0%, the face's identity
 # unchanged.
 
 
