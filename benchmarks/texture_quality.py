@@ -348,8 +348,8 @@ def measure(fit: Fit, photo: Path, config: Config, views: Views, judge: DlibJudg
     texture_t = torch.from_numpy(fit.texture).permute(2, 0, 1)[None].float() / 255
     figures: dict[str, Any] = {
         "foreign": foreign_colour(fit.texture, masks).share,
-        "sharpness": float(sharpness(texture_t, torch.from_numpy(masks.face).float())[0]),
-        "sharpness_face": float(sharpness(texture_t, torch.from_numpy(masks.face_outline).float())[0]),
+        "sharpness": float(sharpness(texture_t, torch.tensor(masks.face).float())[0]),
+        "sharpness_face": float(sharpness(texture_t, torch.tensor(masks.face_outline).float())[0]),
         # The intent ("where skin is seen squarely, the texture keeps the photo's detail"):
         # the same face region, only where the photo shows skin seen squarely, so that hair
         # painted onto the forehead does not count as detail.

@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
-        print(f"texture_sizes: --sizes {args.sizes}: expected whole numbers such as 512,1024,2048", file=sys.stderr)
+        sizes = []
+    if not sizes or any(not 64 <= s <= 4096 for s in sizes):
+        print(f"texture_sizes: --sizes {args.sizes}: expected whole numbers from 64 to 4096 such as 512,1024,2048",
+              file=sys.stderr)
         return 2
     if args.repeats < 1:
         print(f"texture_sizes: --repeats {args.repeats}: expected at least 1", file=sys.stderr)

@@ -20,7 +20,7 @@ from ganfit.fit.texture_projection import project_photo_to_uv
 from ganfit.render import Camera, PointLight
 from ganfit.settings import build_settings
 from ganfit.texture.blend import (BlendSettings, TextureFitter, blend_texture, blend_weight, chart_mask,
-                                  clean_model, default_skin_masks, drop_foreign_photo, eye_mouth_layout,
+                                  clean_model, default_skin_masks, eye_mouth_layout, foreign_photo,
                                   fitted_model, match_colour, match_colour_locally, multiband_blend,
                                   photo_skin_texture, skin_colour, skin_mask)
 from ganfit.texture.metrics import foreign_colour
@@ -233,13 +233,18 @@ def test_the_model_is_cleaned_of_what_is_not_skin(grace_texture, fitter: Texture
     cleaned = clean_model(dirty, skin, masks, chart, settings.clean_sigmas, settings.clean_scale)
     rgb = cleaned.permute(1, 2, 0).numpy()
     assert float(skin.distance(rgb[blob.numpy()]).max()) <= settings.clean_sigmas[1] + 1e-6
+    # Refilled from the skin around it (step 1), not merely pulled toward the median to the bound
+    # (step 2 alone leaves a dark patch): the blob's colour is close to the ring of skin around it.
+    ring = (torch.nn.functional.max_pool2d(blob[None, None].float(), 9, 1, 4)[0, 0] > 0) & ~blob & scalp
+    step = np.abs(np.median(rgb[blob.numpy()], 0) - np.median(rgb[ring.numpy()], 0)).max()
+    assert step < 0.05, step
     assert float(skin.distance(dirty.permute(1, 2, 0).numpy()[blob.numpy()]).min()) > 10, "the blob was foreign"
     assert torch.equal(cleaned[:, lips], dirty[:, lips]), "brows, eyes and lips are not skin and stay"
     # Skin-coloured model away from anything foreign (the blob, the model's own dark patches) stays.
     foreign = torch.from_numpy(skin.distance(dirty.permute(1, 2, 0).numpy()) > settings.clean_sigmas[0] - 0.5)
     reach = 4 * settings.clean_scale + 1
     far = torch.nn.functional.max_pool2d(foreign[None, None].float(), reach, 1, reach // 2)[0, 0] == 0
-    plain = far & torch.from_numpy(masks.head_skin)
+    plain = far & torch.tensor(masks.head_skin)
     assert plain.sum() > 1000
     assert float((cleaned - dirty)[:, plain].abs().max()) < 1e-5
 
@@ -250,13 +255,40 @@ def test_foreign_photo_outside_the_face_outline_gets_no_weight(grace_texture):
     skin = skin_colour(photo, masks)
     image = photo.image.clone()
     outside = torch.from_numpy(masks.head_skin & ~masks.face_outline)
-    inside = torch.from_numpy(masks.inner_face)
-    image[:, outside] = torch.tensor([0.5, 0.7, 0.95])[:, None]  # sky
-    image[:, inside] = torch.tensor([0.5, 0.7, 0.95])[:, None]
-    weight = torch.ones(1, SIZE, SIZE)
-    dropped = drop_foreign_photo(weight, image, skin, masks, BlendSettings().photo_foreign_sigmas)
-    assert float(dropped[0][outside].max()) == 0.0
-    assert float(dropped[0][inside].min()) == 1.0, "inside the face outline the photo stays"
+    left = outside.clone()
+    left[:, SIZE // 2:] = False  # sky on the left of the head, skin-coloured on the right
+    right = outside & ~left
+    inside = torch.tensor(masks.inner_face)
+    sky = torch.tensor([0.5, 0.7, 0.95])[:, None]
+    image[:, left] = sky
+    image[:, inside] = sky
+    image[:, right] = torch.from_numpy(skin.median_srgb()).float()[:, None]
+    foreign = torch.from_numpy(foreign_photo(torch.ones(1, SIZE, SIZE), image, skin, masks,
+                                             BlendSettings().photo_foreign_sigmas))
+    assert bool(foreign[left].all()), "sky outside the face outline is foreign"
+    assert not bool(foreign[right].any()), "skin-coloured photo outside the outline keeps its weight"
+    assert not bool(foreign[inside].any()), "inside the face outline the photo stays"
+    unseen = foreign_photo(torch.zeros(1, SIZE, SIZE), image, skin, masks, BlendSettings().photo_foreign_sigmas)
+    assert not unseen.any(), "only texels the photo saw are judged"
+
+
+def test_a_dropped_patch_inside_seen_skin_is_not_closed_again(grace_texture):
+    """A small patch of hair that seen skin surrounds is a hole in W that ``blend_weight`` would
+    close (W = 1 again); the texels ``foreign_photo`` dropped stay open."""
+    _, chart = grace_texture
+    masks = default_skin_masks(chart)
+    settings = BlendSettings()
+    rows, cols = np.nonzero(masks.head_skin & ~masks.face_outline & masks.face)
+    r, c = int(rows[len(rows) // 2]), int(cols[len(cols) // 2])
+    weight = torch.zeros(1, SIZE, SIZE)
+    weight[0, r - 12:r + 12, c - 12:c + 12] = 1.0
+    patch = np.zeros((SIZE, SIZE), bool)
+    patch[r - 2:r + 2, c - 2:c + 2] = True
+    dropped = weight * torch.from_numpy(~patch)
+    assert float(blend_weight(dropped, chart, settings)[0][torch.from_numpy(patch)].min()) == 1.0, \
+        "without keep_open the small hole is closed: the test keeps its meaning"
+    kept = blend_weight(dropped, chart, settings, keep_open=patch)[0]
+    assert float(kept[torch.from_numpy(patch)].max()) == 0.0
 
 
 def test_skin_colour_needs_seen_skin(grace_texture):

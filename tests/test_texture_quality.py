@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ganfit.models.shape_model import load_default_shape_model
+from ganfit.texture.colour import SkinColour, lab_to_srgb, srgb_to_lab
 from ganfit.texture.metrics import SkinUVMasks, foreign_colour, seam_ratio, skin_uv_masks
 from ganfit.texture.uv_layout import chart_triangles, triangles_mask
 
@@ -36,7 +37,24 @@ def test_masks_follow_the_layout(masks: SkinUVMasks) -> None:
     assert masks.inner_face.sum() > 0.05 * masks.face.sum()
     assert not (masks.inner_face & ~masks.face).any()
     assert not (masks.face_outline & ~masks.face).any()
+    assert not (masks.inner_face & ~masks.face_outline).any(), "the skin reference lies on the face proper"
     assert masks.head_skin.sum() > masks.face_outline.sum() > masks.inner_face.sum()
+    with pytest.raises(ValueError):  # shared through the cache: nobody may change them
+        masks.head_skin[0, 0] = True
+
+
+def test_cielab_round_trip_and_skin_distance() -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.random((500, 3))
+    assert np.abs(lab_to_srgb(srgb_to_lab(rgb)) - rgb).max() < 1e-4
+    # White is L* 100, a* b* 0; a mid grey is neutral.
+    assert np.allclose(srgb_to_lab(np.ones(3)), [100, 0, 0], atol=0.05)
+    assert np.abs(srgb_to_lab(np.full(3, 0.5))[1:]).max() < 0.05
+    skin = SkinColour.of(np.clip(SKIN + rng.normal(0, 0.01, (400, 3)), 0, 1))
+    assert np.abs(skin.median_srgb() - SKIN).max() < 0.01
+    assert float(np.median(skin.distance(np.clip(SKIN + rng.normal(0, 0.01, (400, 3)), 0, 1)))) < 1.5
+    assert float(skin.distance(np.array([0.1, 0.08, 0.07]))) > 10, "dark hair is far"
+    assert float(skin.distance(np.array([0.5, 0.7, 0.95]))) > 10, "sky is far"
 
 
 def test_foreign_colour_flags_a_blue_patch_on_the_scalp(masks: SkinUVMasks) -> None:

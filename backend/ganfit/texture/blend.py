@@ -12,7 +12,7 @@ over PCA-200's span, docs/texture-model.md). So the texture takes each where it 
    the photo). Hidden sides, grazing angles, and skin under hair, hats or glasses get W = 0.
    Several photos of one person: their projections and weights are merged first (eq. 14).
    Outside the face outline, photo texels far from the seen skin's colour lose their weight
-   (``drop_foreign_photo``: hair or background the segmentation took for skin). On the skin
+   (``foreign_photo``: hair or background the segmentation took for skin). On the skin
    charts W's small holes are then closed and its edge ramped inward (``blend_weight``), so
    that the boundary lies on plain skin, not on the photo's own edges.
 2. **Model fit**: the texture model's decode fitted to the photo texture with W as weights
@@ -46,7 +46,7 @@ from torch import Tensor
 from ..fit.texture_projection import UVTexels, UVTexture, frags_to_image, project_photo_to_uv, push_pull_fill
 from ..render import Camera, PointLight
 from ..render.shading import linear_to_srgb, srgb_to_linear
-from .metrics import SkinColour
+from .colour import SkinColour
 from .model import TextureModel
 from .uv_layout import SkinUVMasks, skin_uv_masks
 
@@ -58,7 +58,7 @@ __all__ = [
     "blend_weight",
     "chart_mask",
     "clean_model",
-    "drop_foreign_photo",
+    "foreign_photo",
     "eye_mouth_layout",
     "fitted_model",
     "iris_colour",
@@ -134,6 +134,10 @@ class BlendSettings:
     #: (3, 4) / 4 1.00% / 1.43 / 0.3182 / 0.281; (2.5, 3.5) / 3 0.90% / 1.44 / 0.3171 / 0.281.
     #: Cleaning only outside the face outline: 1.76% / 1.40 / 0.3191.
     photo_foreign_sigmas: float = 3.0
+    #: Of those dropped texels, patches of at least this share of the map stay open when
+    #: ``blend_weight`` closes small holes (a tuft of hair that seen skin surrounds stays the
+    #: model's); smaller specks are closed again with the hole around them.
+    foreign_open_area: float = 64 / 512**2
     #: Photo weight from which the photo is kept exactly (ramping to it at weight 1).
     exact_from: float = 0.8
     #: Steps of the weighted inversion for texture models that are not affine in their latent.
@@ -177,28 +181,33 @@ def photo_skin_texture(
                                texels=texels, photo_weight=skin)
 
 
-def blend_weight(weight: Tensor, chart: Tensor, settings: BlendSettings) -> Tensor:
+def blend_weight(weight: Tensor, chart: Tensor, settings: BlendSettings, keep_open: np.ndarray | None = None) -> Tensor:
     """(1, S, S) the photo weight W as the blend uses it, from the projection's (``weight``) on the
     skin charts (``chart`` minus the eyes and mouth cavity, which ``paint_eyes_and_mouth`` lays
     over the photo's weight as it is): small holes closed and the edge ramped inward
     (``BlendSettings.hole_area``, ``edge_ramp``). Why: the seam between photo and model lies on
     W's edge, and the raw edge runs along what the photo shows there (nostrils, the hairline, the
     face's outline against the background), so the blend would show a step where the model
-    meets it (seam ratio 8 on UTKFace 20; 1.4 shaped, docs/texture-quality.md)."""
+    meets it (seam ratio 8 on UTKFace 20; 1.4 shaped, docs/texture-quality.md). ``keep_open``
+    (S, S) bool: texels no hole closing may give weight (``foreign_photo``'s: a patch of
+    hair that seen skin surrounds stays the model's)."""
     import cv2
 
     size = weight.shape[-1]
     w = weight[0].detach().cpu().numpy().astype(np.float32)
     skin = chart[0].detach().cpu().numpy() > 0.5
     layout = eye_mouth_layout(size)
-    if layout is not None and _matches(layout, chart):
+    if layout is not None and _is_default_layout(chart):
         skin.reshape(-1)[layout.index.numpy()] = False
     low = (w < 0.5).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(low, connectivity=4)
     small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= settings.hole_area * size * size)
     small = small[small > 0]  # (label 0: the texels that are not low)
     shaped = w.copy()
-    shaped[np.isin(labels, small) & skin] = 1.0
+    closing = np.isin(labels, small) & skin
+    if keep_open is not None:
+        closing &= ~keep_open
+    shaped[closing] = 1.0
     if settings.edge_ramp > 0:
         # Distance (texels) to the nearest low texel on the skin charts; off-chart texels and the
         # eyes and mouth do not count as low, so the ramp does not start from the charts' borders.
@@ -404,10 +413,11 @@ def match_colour_locally(model: Tensor, photo: Tensor, weight: Tensor, chart: Te
 def skin_colour(photo: UVTexture, masks: SkinUVMasks, trusted: float = 0.8, least: int = 50) -> SkinColour | None:
     """The seen skin's colour distribution: the photo texels seen squarely (weight above
     ``trusted``) on the cheeks and nose, or anywhere on the face when fewer than ``least`` of those
-    were seen; None when neither has ``least`` texels (nothing to measure skin by)."""
+    were seen (brows, eyes and lips left out); None when neither has ``least`` texels (nothing
+    to measure skin by)."""
     image = photo.image.detach().cpu().permute(1, 2, 0).numpy()
     seen = photo.confidence[0].detach().cpu().numpy() > trusted
-    for region in (masks.inner_face, masks.face):
+    for region in (masks.inner_face, masks.face & masks.head_skin):
         picked = seen & region
         if int(picked.sum()) >= least:
             return SkinColour.of(image[picked])
@@ -417,20 +427,30 @@ def skin_colour(photo: UVTexture, masks: SkinUVMasks, trusted: float = 0.8, leas
 def default_skin_masks(chart: Tensor) -> SkinUVMasks | None:
     """The default head's skin masks at ``chart``'s size, or None when ``chart`` (1, S, S) is
     another layout (a user's own shape model), whose regions these masks would not name."""
-    size = chart.shape[-1]
-    layout = eye_mouth_layout(size)
-    return skin_uv_masks(size) if layout is not None and _matches(layout, chart) else None
+    return skin_uv_masks(chart.shape[-1]) if _is_default_layout(chart) else None
 
 
-def drop_foreign_photo(weight: Tensor, photo: Tensor, skin: SkinColour, masks: SkinUVMasks, sigmas: float) -> Tensor:
-    """``weight`` (1, S, S) with 0 on head-skin texels outside the face outline whose photo colour
-    (``photo`` (3, S, S)) lies beyond ``sigmas`` of ``skin``: the hair, hat brim or background
-    there that the segmentation took for skin (``BlendSettings.photo_foreign_sigmas``)."""
+def foreign_photo(weight: Tensor, photo: Tensor, skin: SkinColour, masks: SkinUVMasks, sigmas: float) -> np.ndarray:
+    """(S, S) bool: the seen (``weight`` (1, S, S) > 0) head-skin texels outside the face outline
+    whose photo colour (``photo`` (3, S, S)) lies beyond ``sigmas`` of ``skin``: the hair, hat
+    brim or background there that the segmentation took for skin
+    (``BlendSettings.photo_foreign_sigmas``). The blend gives them no photo weight."""
     candidates = masks.head_skin & ~masks.face_outline & (weight[0].detach().cpu().numpy() > 0)
     colours = photo.detach().cpu().permute(1, 2, 0).numpy()[candidates]  # (only where it matters: fast at 2048)
     foreign = np.zeros_like(candidates)
     foreign[candidates] = skin.distance(colours) > sigmas
-    return weight * torch.from_numpy(~foreign).to(weight)
+    return foreign
+
+
+def _patches(mask: np.ndarray | None, area: float) -> np.ndarray | None:
+    """The 4-connected components of ``mask`` (S, S) of at least ``area`` x S^2 texels."""
+    import cv2
+
+    if mask is None or area <= 0:
+        return mask
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= area * mask.size)
+    return np.isin(labels, big[big > 0])
 
 
 def clean_model(model: Tensor, skin: SkinColour, masks: SkinUVMasks, chart: Tensor,
@@ -440,14 +460,14 @@ def clean_model(model: Tensor, skin: SkinColour, masks: SkinUVMasks, chart: Tens
     1. On a copy ``scale`` times smaller, texels beyond ``sigmas[0]`` robust deviations lose their
        weight (all of it beyond ``sigmas[1]``) and are refilled by push-pull from the skin-coloured
        texels around them; the model's own fine detail (the full map less its small copy) is added
-       back, so the refill is as sharp as the model.
+       back where the texel itself is skin-coloured, so the refill is as sharp as the model.
     2. Any head-skin texel still beyond ``sigmas[1]`` is pulled straight toward the skin's median
        colour until it is within it: a patch with no skin around it to fill from (a dark scalp
        from ear to ear) becomes skin of the darkest plausible shade, not a smear of hair."""
     near, far = sigmas
     size = model.shape[-1]
     small_size = max(size // max(scale, 1), 8)
-    region = torch.from_numpy(masks.head_skin).to(model)
+    region = torch.tensor(masks.head_skin).to(model)
     small = _resize(model[None], small_size)[0]
     distance = torch.from_numpy(skin.distance(small.detach().cpu().permute(1, 2, 0).numpy())).to(model)
     inlier = ((far - distance) / max(far - near, 1e-6)).clamp(0, 1)
@@ -455,12 +475,17 @@ def clean_model(model: Tensor, skin: SkinColour, masks: SkinUVMasks, chart: Tens
     keep = (1 - _resize(region[None, None], small_size)[0, 0] * (1 - inlier)) * on_chart
     filled = push_pull_fill(small, keep[None])
     refill = _resize(((1 - keep) * on_chart)[None, None], size)[0] * region  # (brows, eyes, lips stay)
-    detail = model - _resize(small[None], size)[0]
+    # The model's fine detail, but not a foreign texel's own: a dark blob's edges are "detail" at
+    # the small copy's scale, and would come back as a dark outline around the refill.
+    texels = np.flatnonzero(masks.head_skin.reshape(-1))
+    own = np.ones(size * size, np.float32)
+    own[texels] = np.clip((far - skin.distance(model.detach().cpu().permute(1, 2, 0).numpy().reshape(-1, 3)[texels]))
+                          / max(far - near, 1e-6), 0, 1)
+    detail = (model - _resize(small[None], size)[0]) * torch.from_numpy(own.reshape(1, size, size)).to(model)
     cleaned = (model * (1 - refill) + (_resize(filled[None], size)[0] + detail) * refill).clamp(0, 1)
     # 2. What is still far, pulled toward the median (a few steps of a line search per texel).
     rgb = cleaned.detach().cpu().permute(1, 2, 0).numpy().reshape(-1, 3).astype(np.float64)
-    index = np.flatnonzero(masks.head_skin.reshape(-1))
-    index = index[skin.distance(rgb[index]) > far]
+    index = texels[skin.distance(rgb[texels]) > far]
     if index.size:
         centre = skin.median_srgb()
         offset = rgb[index] - centre
@@ -556,14 +581,15 @@ def blend_texture(
     size = photo.image.shape[-1]
     masks = default_skin_masks(chart)
     skin = skin_colour(photo, masks) if masks is not None else None
-    weight = photo.confidence
-    if skin is not None:
-        weight = drop_foreign_photo(weight, photo.image, skin, masks, settings.photo_foreign_sigmas)  # type: ignore[arg-type]
-    weight = blend_weight(weight, chart, settings)
+    weight, foreign = photo.confidence, None
+    if masks is not None and skin is not None:
+        foreign = foreign_photo(weight, photo.image, skin, masks, settings.photo_foreign_sigmas)
+        weight = weight * torch.from_numpy(~foreign).to(weight)
+    weight = blend_weight(weight, chart, settings, keep_open=_patches(foreign, settings.foreign_open_area))
     photo = UVTexture(photo.image, weight)
     model = fitted_model(photo, fitter, chart, start)
-    if skin is not None:
-        model = clean_model(model, skin, masks, chart, settings.clean_sigmas, settings.clean_scale)  # type: ignore[arg-type]
+    if masks is not None and skin is not None:
+        model = clean_model(model, skin, masks, chart, settings.clean_sigmas, settings.clean_scale)
     levels = max(1, min(settings.levels + max(int(np.log2(size)) - 9, 0), int(np.log2(size)) - 2))
     # A texel the photo barely trusts still has its own observation's colour (the projection
     # normalises by the weight): hair or background just past the skin border. The bands take the
@@ -816,9 +842,12 @@ def _near_seen_eyes_from_photo(painted: Tensor, colours: Tensor, w: Tensor, eyes
     return painted * (1 - near) + filled * near
 
 
-def _matches(layout: EyeMouthLayout, chart: Tensor) -> bool:
+def _is_default_layout(chart: Tensor) -> bool:
     """Whether ``chart`` (1, S, S) is the default head's layout (a user's own shape model has its
-    own charts, which the procedural eyes must not paint over)."""
+    own charts, which the procedural eyes and the skin regions do not name)."""
+    layout = eye_mouth_layout(chart.shape[-1])
+    if layout is None:
+        return False
     flat = chart.reshape(-1)
     return (abs(float((flat > 0.5).float().mean()) - layout.coverage) < 0.002
             and bool((flat.index_select(0, layout.index.to(flat.device)) > 0.5).all()))
@@ -832,7 +861,7 @@ def paint_eyes_and_mouth(image: Tensor, photo: UVTexture, chart: Tensor, iris: T
     from the eye texels the photo saw, else ``DEFAULT_IRIS``. Unchanged for other layouts."""
     size = image.shape[-1]
     layout = eye_mouth_layout(size)
-    if layout is None or not _matches(layout, chart):
+    if layout is None or not _is_default_layout(chart):
         return image
     dev, dtype = image.device, image.dtype
     index = layout.index.to(dev)

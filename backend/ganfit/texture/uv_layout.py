@@ -159,7 +159,10 @@ def skin_uv_masks(size: int, model: ShapeModel | None = None) -> SkinUVMasks:
 
 @lru_cache(maxsize=4)
 def _default_skin_masks(size: int) -> SkinUVMasks:
-    return _skin_uv_masks(size, load_default_shape_model())
+    masks = _skin_uv_masks(size, load_default_shape_model())
+    for mask in (masks.head_skin, masks.inner_face, masks.face, masks.face_outline):
+        mask.flags.writeable = False  # shared by every caller through the cache
+    return masks
 
 
 def _skin_uv_masks(size: int, model: ShapeModel) -> SkinUVMasks:
