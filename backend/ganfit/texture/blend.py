@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -72,6 +73,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
 
 @dataclass(frozen=True)
@@ -453,6 +456,12 @@ def _patches(mask: np.ndarray | None, area: float) -> np.ndarray | None:
     return np.isin(labels, big[big > 0])
 
 
+def _skin_likeness(distance: ArrayOrTensor, near: float, far: float) -> ArrayOrTensor:
+    """1 up to ``near`` robust deviations from the skin, falling to 0 at ``far``."""
+    likeness = (far - distance) / max(far - near, 1e-6)
+    return likeness.clamp(0, 1) if isinstance(likeness, Tensor) else np.clip(likeness, 0, 1)
+
+
 def clean_model(model: Tensor, skin: SkinColour, masks: SkinUVMasks, chart: Tensor,
                 sigmas: tuple[float, float], scale: int) -> Tensor:
     """``model`` (3, S, S) with its head-skin colours far from ``skin`` replaced by skin.
@@ -470,7 +479,7 @@ def clean_model(model: Tensor, skin: SkinColour, masks: SkinUVMasks, chart: Tens
     region = torch.tensor(masks.head_skin).to(model)
     small = _resize(model[None], small_size)[0]
     distance = torch.from_numpy(skin.distance(small.detach().cpu().permute(1, 2, 0).numpy())).to(model)
-    inlier = ((far - distance) / max(far - near, 1e-6)).clamp(0, 1)
+    inlier = _skin_likeness(distance, near, far)
     on_chart = (_resize(chart[None], small_size)[0, 0] > 0.5).to(model)
     keep = (1 - _resize(region[None, None], small_size)[0, 0] * (1 - inlier)) * on_chart
     filled = push_pull_fill(small, keep[None])
@@ -479,8 +488,8 @@ def clean_model(model: Tensor, skin: SkinColour, masks: SkinUVMasks, chart: Tens
     # the small copy's scale, and would come back as a dark outline around the refill.
     texels = np.flatnonzero(masks.head_skin.reshape(-1))
     own = np.ones(size * size, np.float32)
-    own[texels] = np.clip((far - skin.distance(model.detach().cpu().permute(1, 2, 0).numpy().reshape(-1, 3)[texels]))
-                          / max(far - near, 1e-6), 0, 1)
+    own[texels] = _skin_likeness(skin.distance(model.detach().cpu().permute(1, 2, 0).numpy().reshape(-1, 3)[texels]),
+                                 near, far)
     detail = (model - _resize(small[None], size)[0]) * torch.from_numpy(own.reshape(1, size, size)).to(model)
     cleaned = (model * (1 - refill) + (_resize(filled[None], size)[0] + detail) * refill).clamp(0, 1)
     # 2. What is still far, pulled toward the median (a few steps of a line search per texel).
