@@ -202,12 +202,9 @@ def blend_weight(weight: Tensor, chart: Tensor, settings: BlendSettings, keep_op
     layout = eye_mouth_layout(size)
     if layout is not None and _is_default_layout(chart):
         skin.reshape(-1)[layout.index.numpy()] = False
-    low = (w < 0.5).astype(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(low, connectivity=4)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= settings.hole_area * size * size)
-    small = small[small > 0]  # (label 0: the texels that are not low)
+    holes = _component_areas(w < 0.5)
     shaped = w.copy()
-    closing = np.isin(labels, small) & skin
+    closing = (holes > 0) & (holes <= settings.hole_area * size * size) & skin
     if keep_open is not None:
         closing &= ~keep_open
     shaped[closing] = 1.0
@@ -445,15 +442,22 @@ def foreign_photo(weight: Tensor, photo: Tensor, skin: SkinColour, masks: SkinUV
     return foreign
 
 
-def _patches(mask: np.ndarray | None, area: float) -> np.ndarray | None:
-    """The 4-connected components of ``mask`` (S, S) of at least ``area`` x S^2 texels."""
+def _component_areas(mask: np.ndarray) -> np.ndarray:
+    """(S, S) int: each texel of ``mask`` (S, S) bool given the texel count of its 4-connected
+    component; 0 outside ``mask``."""
     import cv2
 
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    areas = stats[:, cv2.CC_STAT_AREA].copy()
+    areas[0] = 0  # (label 0: the texels outside the mask)
+    return areas[labels]
+
+
+def _patches(mask: np.ndarray | None, area: float) -> np.ndarray | None:
+    """The 4-connected components of ``mask`` (S, S) of at least ``area`` x S^2 texels."""
     if mask is None or area <= 0:
         return mask
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
-    big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= area * mask.size)
-    return np.isin(labels, big[big > 0])
+    return _component_areas(mask) >= area * mask.size
 
 
 def _skin_likeness(distance: ArrayOrTensor, near: float, far: float) -> ArrayOrTensor:

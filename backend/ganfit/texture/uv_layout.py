@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ModelDataError
-from ..fit.texture_projection import uv_fragments
+from ..fit.texture_projection import BROW_RAISE, uv_fragments
 from ..models.shape_model import ShapeModel, load_default_shape_model
 
 log = logging.getLogger(__name__)
@@ -112,21 +112,22 @@ def polygon_mask(points: np.ndarray, size: int, grow: float = 0.0) -> np.ndarray
     return canvas > 0
 
 
-#: How far above the brows the face outline reaches: a share of the brow-to-chin height.
-OUTLINE_BROW_RAISE = 0.1
-
-
 def face_outline_mask(size: int, model: ShapeModel | None = None) -> np.ndarray:
     """(size, size) bool: the face proper in UV, inside the jaw line (landmarks 0-16) and the
-    brows raised by ``OUTLINE_BROW_RAISE`` of the brow-to-chin height, on the face chart.
+    brows raised by ``BROW_RAISE`` of the brow-to-chin height (as ``skin_outline`` raises them in
+    the photo), on the face chart.
 
     Why: outside it lie the temples, forehead top, ears and scalp, where a texture model that
     learned from photos may paint hair; inside it the photo usually sees skin."""
     model = model if model is not None else load_default_shape_model()
-    px = landmark_texels(size, model)
-    raise_by = OUTLINE_BROW_RAISE * float(px[8, 1] - px[17:27, 1].mean())
+    return _face_outline(landmark_texels(size, model), face_region_mask(size, model).cpu().numpy() > 0.5)
+
+
+def _face_outline(px: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """``face_outline_mask`` from the landmark texels ``px`` (68, 2) and the face chart ``face``."""
+    raise_by = BROW_RAISE * float(px[8, 1] - px[17:27, 1].mean())
     outline = np.concatenate([px[0:17], px[26:16:-1] - [0, raise_by]])
-    return polygon_mask(outline, size) & (face_region_mask(size, model).cpu().numpy() > 0.5)
+    return polygon_mask(outline, face.shape[0]) & face
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,8 +182,7 @@ def _skin_uv_masks(size: int, model: ShapeModel) -> SkinUVMasks:
     jaw = nose + (px[1:16] - nose) * 0.65
     under_eyes = np.stack([px[45] + (nose - px[45]) * 0.25, px[28], px[36] + (nose - px[36]) * 0.25])
     inner = poly(np.concatenate([jaw, under_eyes])) & face & ~features
-    return SkinUVMasks(head_skin=skin & ~features, inner_face=inner, face=face,
-                       face_outline=face_outline_mask(size, model))
+    return SkinUVMasks(head_skin=skin & ~features, inner_face=inner, face=face, face_outline=_face_outline(px, face))
 
 
 def texel_coverage(uvs: np.ndarray | Tensor, uv_faces: np.ndarray | Tensor, size: int) -> np.ndarray:
